@@ -1,0 +1,64 @@
+"""camlens: class activation maps (Grad-CAM and its family) for any PyTorch model.
+
+Example:
+    >>> import torch, torch.nn as nn, camlens
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(8, 5)).eval()
+    >>> res = camlens.GradCAM(net)(torch.rand(2, 3, 16, 16), target=3)
+    >>> res.layer, tuple(res.maps.shape), res.targets.tolist()
+    ('1', (2, 16, 16), [3, 3])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from camlens import maps, targets
+from camlens.capture import LayerCapture, find_last_spatial_layer, resolve_layers
+from camlens.methods import (
+    CAM,
+    METHODS,
+    BaseCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ModelError,
+    XGradCAM,
+    get_method,
+)
+from camlens.result import CAMResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAM",
+    "METHODS",
+    "BaseCAM",
+    "CAMResult",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "LayerCapture",
+    "ModelError",
+    "XGradCAM",
+    "find_last_spatial_layer",
+    "get_method",
+    "grid",
+    "maps",
+    "overlay",
+    "resolve_layers",
+    "targets",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Pillow and matplotlib are optional: import the drawing helpers only when asked for.
+    if name in ("overlay", "grid"):
+        from camlens import viz
+
+        return getattr(viz, name)
+    raise AttributeError(f"module 'camlens' has no attribute {name!r}")

@@ -1,0 +1,259 @@
+r"""Pure map formulas: activations and gradients in, weights and maps out.
+
+Every formula of the class-activation-map family lives here exactly once, as a function on tensors
+with no hooks and no models. Inputs are activations ``A`` and gradients ``G`` of shape
+``(B, K, *spatial)`` where ``spatial`` has one, two or three axes; maps come out as ``(B, *spatial)``.
+The method classes in :mod:`camlens.methods` only choose which function to call.
+
+Notation (Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391): ``A^k`` is channel ``k`` of
+the layer's output, ``y^c`` the pre-softmax score of target ``c``, ``G^k = \partial y^c / \partial A^k``,
+and ``Z`` the number of spatial positions.
+
+Example:
+    >>> import torch
+    >>> A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])   # (B=1, K=1, 2, 2)
+    >>> G = torch.full_like(A, 0.5)
+    >>> gradcam_weights(G)
+    tensor([[0.5000]])
+    >>> weighted_sum(A, gradcam_weights(G))
+    tensor([[[0.5000, 1.0000],
+             [1.5000, 2.0000]]])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "eigencam_map",
+    "gradcam_weights",
+    "gradcampp_weights",
+    "hirescam_map",
+    "layercam_map",
+    "normalize",
+    "upsample",
+    "weighted_sum",
+    "xgradcam_weights",
+]
+
+
+def _spatial(t: Tensor) -> tuple[int, ...]:
+    """The spatial axes of a ``(B, K, *spatial)`` tensor."""
+    return tuple(range(2, t.ndim))
+
+
+def _check_pair(acts: Tensor, grads: Tensor) -> None:
+    if acts.shape != grads.shape:
+        raise ValueError(
+            f"activations {tuple(acts.shape)} and gradients {tuple(grads.shape)} must have the same shape"
+        )
+    if acts.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) with 1 to 3 spatial axes, got {tuple(acts.shape)}")
+
+
+def _broadcast(weights: Tensor, like: Tensor) -> Tensor:
+    """``(B, K)`` weights reshaped to broadcast against ``(B, K, *spatial)``."""
+    return weights.reshape(*weights.shape, *([1] * (like.ndim - 2)))
+
+
+def gradcam_weights(grads: Tensor) -> Tensor:
+    r"""Grad-CAM channel weights: the spatial mean of the gradients.
+
+    .. math:: \alpha_k^c = \frac{1}{Z} \sum_{i} \frac{\partial y^c}{\partial A^k_i}
+
+    Selvaraju et al. 2017, eq. 1 (https://arxiv.org/abs/1610.02391).
+
+    Args:
+        grads: ``(B, K, *spatial)`` gradients of the target score with respect to the activations.
+
+    Returns:
+        ``(B, K)`` weights.
+
+    Example:
+        >>> gradcam_weights(torch.ones(2, 3, 4, 4)).shape
+        torch.Size([2, 3])
+    """
+    if grads.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) gradients, got {tuple(grads.shape)}")
+    return grads.mean(dim=_spatial(grads))
+
+
+def weighted_sum(acts: Tensor, weights: Tensor) -> Tensor:
+    r"""Channel-weighted sum of activation maps, before any ReLU.
+
+    .. math:: M = \sum_k w_k A^k
+
+    With Grad-CAM weights this is the Grad-CAM map before its ReLU; with the classifier weights of a
+    GAP + linear head it is CAM (Zhou et al. 2016, https://arxiv.org/abs/1512.04150).
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations.
+        weights: ``(B, K)`` channel weights.
+
+    Returns:
+        ``(B, *spatial)`` map.
+
+    Example:
+        >>> weighted_sum(torch.ones(1, 2, 3), torch.tensor([[1.0, -2.0]]))
+        tensor([[-1., -1., -1.]])
+    """
+    if weights.shape != acts.shape[:2]:
+        raise ValueError(
+            f"weights {tuple(weights.shape)} must be (B, K) = {tuple(acts.shape[:2])} for activations "
+            f"{tuple(acts.shape)}"
+        )
+    return (_broadcast(weights, acts) * acts).sum(dim=1)
+
+
+def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
+    r"""HiResCAM map before its ReLU: element-wise gradient times activation, summed over channels.
+
+    .. math:: M_i = \sum_k \frac{\partial y^c}{\partial A^k_i} A^k_i
+
+    Draelos & Carin 2020 (https://arxiv.org/abs/2011.08891). For a GAP + linear head the gradient is
+    constant over space, so this equals Grad-CAM.
+
+    Example:
+        >>> hirescam_map(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[3.0, -1.0]]]))
+        tensor([[ 3., -2.]])
+    """
+    _check_pair(acts, grads)
+    return (grads * acts).sum(dim=1)
+
+
+def gradcampp_weights(acts: Tensor, grads: Tensor, eps: float = 1e-7) -> Tensor:
+    r"""Grad-CAM++ channel weights, with the paper's closed form for the higher derivatives.
+
+    .. math::
+        \alpha^{kc}_{i} = \frac{(G^k_i)^2}{2 (G^k_i)^2 + \sum_a A^k_a \, (G^k_i)^3}, \qquad
+        w^c_k = \sum_i \alpha^{kc}_i \, \mathrm{ReLU}(G^k_i)
+
+    Chattopadhay et al. 2018, eq. 19 (https://arxiv.org/abs/1710.11063), where the second and third
+    derivatives of ``exp(y^c)`` are written with powers of the first. ``alpha`` is taken as 0 where the
+    gradient is 0 (the paper's 0/0 case); ``eps`` keeps the denominator away from 0.
+
+    Example:
+        >>> A = torch.tensor([[[1.0, 1.0]]]); G = torch.tensor([[[1.0, 0.0]]])
+        >>> gradcampp_weights(A, G)   # alpha = 1 / (2 + 2) at the first position
+        tensor([[0.2500]])
+    """
+    _check_pair(acts, grads)
+    g2 = grads.pow(2)
+    g3 = g2 * grads
+    sum_a = _broadcast(acts.sum(dim=_spatial(acts)), acts)
+    denom = 2 * g2 + sum_a * g3
+    denom = torch.where(denom != 0, denom, torch.ones_like(denom))
+    alpha = torch.where(grads != 0, g2 / (denom + eps), torch.zeros_like(g2))
+    return (alpha * grads.clamp(min=0)).sum(dim=_spatial(grads))
+
+
+def xgradcam_weights(acts: Tensor, grads: Tensor, eps: float = 1e-7) -> Tensor:
+    r"""XGrad-CAM channel weights: gradients averaged with the normalised activations as weights.
+
+    .. math:: w^c_k = \sum_i \frac{A^k_i}{\sum_a A^k_a} \frac{\partial y^c}{\partial A^k_i}
+
+    Fu et al. 2020 (https://arxiv.org/abs/2008.02312); ``eps`` is added to the denominator.
+
+    Example:
+        >>> xgradcam_weights(torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[4.0, 8.0]]]))
+        tensor([[7.0000]])
+    """
+    _check_pair(acts, grads)
+    sum_a = _broadcast(acts.sum(dim=_spatial(acts)), acts)
+    return (grads * acts / (sum_a + eps)).sum(dim=_spatial(acts))
+
+
+def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
+    r"""LayerCAM map before its ReLU: positive gradients weight each activation element-wise.
+
+    .. math:: M_i = \sum_k \mathrm{ReLU}\!\left(\frac{\partial y^c}{\partial A^k_i}\right) A^k_i
+
+    Jiang et al. 2021 (https://doi.org/10.1109/TIP.2021.3089943).
+
+    Example:
+        >>> layercam_map(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[3.0, -1.0]]]))
+        tensor([[3., 0.]])
+    """
+    _check_pair(acts, grads)
+    return (grads.clamp(min=0) * acts).sum(dim=1)
+
+
+def eigencam_map(acts: Tensor) -> Tensor:
+    r"""Eigen-CAM map: the activations projected on their first principal component.
+
+    Each sample's activations are arranged as a ``(Z, K)`` matrix (positions by channels), centred over
+    positions, and projected on the first right singular vector ``v_1``:
+
+    .. math:: M = (A - \bar{A}) \, v_1
+
+    Muhammad & Yeasin 2020 (https://arxiv.org/abs/2008.00299); centring as in pytorch-grad-cam. A
+    singular vector's sign is arbitrary, so it is chosen to make ``M`` correlate positively with the
+    channel-summed activations (the map points at where the layer fires, not away from it). The map
+    does not depend on any target.
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations.
+
+    Returns:
+        ``(B, *spatial)`` map, before ReLU.
+
+    Example:
+        >>> A = torch.zeros(1, 2, 3); A[0, :, 1] = 1.0   # both channels fire at position 1
+        >>> eigencam_map(A).argmax().item()
+        1
+    """
+    if acts.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) activations, got {tuple(acts.shape)}")
+    b, k = acts.shape[:2]
+    spatial = acts.shape[2:]
+    mat = acts.reshape(b, k, -1).transpose(1, 2).double()  # (B, Z, K)
+    centred = mat - mat.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    proj = centred @ vh[:, 0, :].unsqueeze(-1)  # (B, Z, 1)
+    proj = proj.squeeze(-1)
+    energy = mat.sum(dim=2)
+    energy = energy - energy.mean(dim=1, keepdim=True)
+    sign = torch.where((proj * energy).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj)
+    return (proj * sign).to(acts.dtype).reshape(b, *spatial)
+
+
+def upsample(maps: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:
+    """Resize ``(B, *spatial)`` maps to ``size`` with the interpolation that fits their dimension.
+
+    Linear for 1-D, bilinear for 2-D, trilinear for 3-D, ``align_corners=False`` (pixel centres
+    aligned, as when an image is resized). Values stay within the input's range.
+
+    Example:
+        >>> upsample(torch.tensor([[0.0, 1.0]]), (4,))
+        tensor([[0.0000, 0.2500, 0.7500, 1.0000]])
+    """
+    size = tuple(int(s) for s in size)
+    if maps.ndim - 1 != len(size):
+        raise ValueError(f"maps {tuple(maps.shape)} have {maps.ndim - 1} spatial axes, size {size} has {len(size)}")
+    if tuple(maps.shape[1:]) == size:
+        return maps
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(size))
+    if mode is None:
+        raise ValueError(f"only 1, 2 or 3 spatial axes are supported, got {len(size)}")
+    return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
+
+
+def normalize(maps: Tensor) -> Tensor:
+    """Min-max scale each ``(B, *spatial)`` map to ``[0, 1]``; returns a new tensor.
+
+    A constant map becomes all ones if its value is positive and all zeros otherwise, so an empty map
+    stays empty and a uniform one stays uniform.
+
+    Example:
+        >>> normalize(torch.tensor([[1.0, 3.0], [0.0, 0.0]]))
+        tensor([[0., 1.],
+                [0., 0.]])
+    """
+    flat = maps.reshape(maps.shape[0], -1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    span = hi - lo
+    scaled = torch.where(span > 0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny), (hi > 0).to(flat))
+    return scaled.reshape(maps.shape)
