@@ -123,7 +123,7 @@ def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
     return (grads * acts).sum(dim=1)
 
 
-def gradcampp_weights(acts: Tensor, grads: Tensor, eps: float = 1e-7) -> Tensor:
+def gradcampp_weights(acts: Tensor, grads: Tensor) -> Tensor:
     r"""Grad-CAM++ channel weights, with the paper's closed form for the higher derivatives.
 
     .. math::
@@ -131,8 +131,10 @@ def gradcampp_weights(acts: Tensor, grads: Tensor, eps: float = 1e-7) -> Tensor:
         w^c_k = \sum_i \alpha^{kc}_i \, \mathrm{ReLU}(G^k_i)
 
     Chattopadhay et al. 2018, eq. 19 (https://arxiv.org/abs/1710.11063), where the second and third
-    derivatives of ``exp(y^c)`` are written with powers of the first. ``alpha`` is taken as 0 where the
-    gradient is 0 (the paper's 0/0 case); ``eps`` keeps the denominator away from 0.
+    derivatives of ``exp(y^c)`` are written with powers of the first. ``alpha`` is 0 where its
+    denominator is 0 (the paper's 0/0 case). No epsilon is added: pytorch-grad-cam adds 1e-6 to the
+    denominator, which dominates it when gradients are below about 1e-3 (common at deep layers) and
+    turns the weights into something else.
 
     Example:
         >>> A = torch.tensor([[[1.0, 1.0]]]); G = torch.tensor([[[1.0, 0.0]]])
@@ -141,28 +143,29 @@ def gradcampp_weights(acts: Tensor, grads: Tensor, eps: float = 1e-7) -> Tensor:
     """
     _check_pair(acts, grads)
     g2 = grads.pow(2)
-    g3 = g2 * grads
     sum_a = _broadcast(acts.sum(dim=_spatial(acts)), acts)
-    denom = 2 * g2 + sum_a * g3
-    denom = torch.where(denom != 0, denom, torch.ones_like(denom))
-    alpha = torch.where(grads != 0, g2 / (denom + eps), torch.zeros_like(g2))
+    denom = 2 * g2 + sum_a * g2 * grads
+    defined = denom != 0
+    alpha = torch.where(defined, g2 / torch.where(defined, denom, torch.ones_like(denom)), torch.zeros_like(g2))
     return (alpha * grads.clamp(min=0)).sum(dim=_spatial(grads))
 
 
-def xgradcam_weights(acts: Tensor, grads: Tensor, eps: float = 1e-7) -> Tensor:
+def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
     r"""XGrad-CAM channel weights: gradients averaged with the normalised activations as weights.
 
     .. math:: w^c_k = \sum_i \frac{A^k_i}{\sum_a A^k_a} \frac{\partial y^c}{\partial A^k_i}
 
-    Fu et al. 2020 (https://arxiv.org/abs/2008.02312); ``eps`` is added to the denominator.
+    Fu et al. 2020 (https://arxiv.org/abs/2008.02312). A channel whose activations sum to 0 gets weight 0.
 
     Example:
         >>> xgradcam_weights(torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[4.0, 8.0]]]))
-        tensor([[7.0000]])
+        tensor([[7.]])
     """
     _check_pair(acts, grads)
-    sum_a = _broadcast(acts.sum(dim=_spatial(acts)), acts)
-    return (grads * acts / (sum_a + eps)).sum(dim=_spatial(acts))
+    sum_a = acts.sum(dim=_spatial(acts))
+    num = (grads * acts).sum(dim=_spatial(acts))
+    defined = sum_a != 0
+    return torch.where(defined, num / torch.where(defined, sum_a, torch.ones_like(sum_a)), torch.zeros_like(num))
 
 
 def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
