@@ -27,11 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "channel_weighted",
     "eigencam_map",
     "gradcam_weights",
     "gradcampp_weights",
     "hirescam_map",
+    "hirescam_terms",
     "layercam_map",
+    "layercam_terms",
     "normalize",
     "upsample",
     "weighted_sum",
@@ -80,6 +83,21 @@ def gradcam_weights(grads: Tensor) -> Tensor:
     return grads.mean(dim=_spatial(grads))
 
 
+def channel_weighted(acts: Tensor, weights: Tensor) -> Tensor:
+    """Each activation channel times its weight, ``(B, K, *spatial)``: the terms that a map sums.
+
+    Example:
+        >>> channel_weighted(torch.ones(1, 2, 3), torch.tensor([[1.0, -2.0]]))[0, :, 0]
+        tensor([ 1., -2.])
+    """
+    if weights.shape != acts.shape[:2]:
+        raise ValueError(
+            f"weights {tuple(weights.shape)} must be (B, K) = {tuple(acts.shape[:2])} for activations "
+            f"{tuple(acts.shape)}"
+        )
+    return _broadcast(weights, acts) * acts
+
+
 def weighted_sum(acts: Tensor, weights: Tensor) -> Tensor:
     r"""Channel-weighted sum of activation maps, before any ReLU.
 
@@ -99,12 +117,13 @@ def weighted_sum(acts: Tensor, weights: Tensor) -> Tensor:
         >>> weighted_sum(torch.ones(1, 2, 3), torch.tensor([[1.0, -2.0]]))
         tensor([[-1., -1., -1.]])
     """
-    if weights.shape != acts.shape[:2]:
-        raise ValueError(
-            f"weights {tuple(weights.shape)} must be (B, K) = {tuple(acts.shape[:2])} for activations "
-            f"{tuple(acts.shape)}"
-        )
-    return (_broadcast(weights, acts) * acts).sum(dim=1)
+    return channel_weighted(acts, weights).sum(dim=1)
+
+
+def hirescam_terms(acts: Tensor, grads: Tensor) -> Tensor:
+    """HiResCAM's per-channel terms ``G * A``, ``(B, K, *spatial)``; see :func:`hirescam_map`."""
+    _check_pair(acts, grads)
+    return grads * acts
 
 
 def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
@@ -119,8 +138,7 @@ def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
         >>> hirescam_map(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[3.0, -1.0]]]))
         tensor([[ 3., -2.]])
     """
-    _check_pair(acts, grads)
-    return (grads * acts).sum(dim=1)
+    return hirescam_terms(acts, grads).sum(dim=1)
 
 
 def gradcampp_weights(acts: Tensor, grads: Tensor) -> Tensor:
@@ -168,6 +186,12 @@ def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
     return torch.where(defined, num / torch.where(defined, sum_a, torch.ones_like(sum_a)), torch.zeros_like(num))
 
 
+def layercam_terms(acts: Tensor, grads: Tensor) -> Tensor:
+    """LayerCAM's per-channel terms ``ReLU(G) * A``, ``(B, K, *spatial)``; see :func:`layercam_map`."""
+    _check_pair(acts, grads)
+    return grads.clamp(min=0) * acts
+
+
 def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
     r"""LayerCAM map before its ReLU: positive gradients weight each activation element-wise.
 
@@ -179,8 +203,7 @@ def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
         >>> layercam_map(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[3.0, -1.0]]]))
         tensor([[3., 0.]])
     """
-    _check_pair(acts, grads)
-    return (grads.clamp(min=0) * acts).sum(dim=1)
+    return layercam_terms(acts, grads).sum(dim=1)
 
 
 def eigencam_map(acts: Tensor) -> Tensor:

@@ -54,7 +54,7 @@ class CAM(BaseCAM):
             raise ValueError("CAM explains one layer (the one the classifier pools); pass a single layer")
         return [self._fc]
 
-    def _map(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         fc_name, fc = self._fc
         name, target = ctx.layer, ctx.target
         if target.classes is None:
@@ -71,7 +71,7 @@ class CAM(BaseCAM):
             )
         w = fc.weight.detach().float()[target.classes.to(fc.weight.device)].to(acts.device)
         sign = -1.0 if ctx.counterfactual else 1.0
-        return maps.weighted_sum(acts, sign * w)
+        return maps.channel_weighted(acts, sign * w)
 
 
 class EigenCAM(BaseCAM):
@@ -85,6 +85,7 @@ class EigenCAM(BaseCAM):
     aliases = ("eigen-cam",)
     needs_grad = False
     uses_target = False
+    principal_component = True
 
-    def _map(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
-        return maps.eigencam_map(acts)
+    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+        return acts

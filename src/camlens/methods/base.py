@@ -1,8 +1,9 @@
 """The machinery every method shares: input checks, layer choice, capture, targets, post-processing.
 
-A method states only what differs: :meth:`BaseCAM._map` turns activations ``(B, K, *s)`` and gradients
-into a map ``(B, *s)`` before ReLU, with a formula from :mod:`camlens.maps`; ``needs_grad`` says whether
-gradients are computed at all.
+A method states only what differs: :meth:`BaseCAM._terms` turns activations ``(B, K, *s)`` and
+gradients into per-channel terms ``(B, K, *s)`` with a formula from :mod:`camlens.maps`; the map is
+their sum over channels (or, with ``eigen_smooth``, their first principal component), then ReLU.
+``needs_grad`` says whether gradients are computed at all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from camlens.capture import CaptureError, LayerCapture, LayerSpec, find_last_spatial_layer, resolve_layers
-from camlens.maps import normalize, upsample
+from camlens.maps import eigencam_map, normalize, upsample
+from camlens.reshape import ReshapeFn, to_spatial
 from camlens.result import CAMResult
 from camlens.targets import Resolved, TargetSpec, resolve, select_output, top_k_targets
 
@@ -33,6 +35,9 @@ class MapContext:
     capture: LayerCapture
     layer: str
     counterfactual: bool
+    x: Tensor
+    spec: Any = None
+    output: Any = None
 
 
 class ModelError(RuntimeError):
@@ -49,13 +54,18 @@ class BaseCAM:
             layer, fused), or ``None`` to pick the last layer whose output keeps the input's spatial axes.
         output: which part of the model's output holds the scores, when it is not a plain tensor (a key,
             an index or a callable); ``None`` finds logits in tensors, dicts, tuples and HF outputs.
-        fuse: how maps of several layers are combined: ``"mean"`` or ``"max"`` of the normalised maps.
+        fuse: how maps of several layers are combined: ``"mean"`` or ``"max"`` of the normalised maps,
+            rescaled to ``[0, 1]``.
+        reshape: a callable ``(activation, input) -> (B, K, *spatial)`` for layers whose output layout
+            camlens cannot infer (see :mod:`camlens.reshape`).
     """
 
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     needs_grad: ClassVar[bool] = True
     uses_target: ClassVar[bool] = True
+    #: the map is the first principal component of the terms, not their sum (Eigen-CAM)
+    principal_component: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -64,6 +74,7 @@ class BaseCAM:
         *,
         output: OutputSelector = None,
         fuse: str = "mean",
+        reshape: ReshapeFn | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -72,14 +83,17 @@ class BaseCAM:
         self.model = model
         self.output = output
         self.fuse = fuse
+        if reshape is not None and not callable(reshape):
+            raise TypeError(f"reshape must be a callable (activation, input) -> (B, K, *spatial), not {reshape!r}")
+        self.reshape = reshape
         self._layer_spec = layer
         self._layers: list[tuple[str, nn.Module]] | None = None if layer is None else resolve_layers(model, layer)
         self._auto: dict[int, list[tuple[str, nn.Module]]] = {}
         self._warned_train = False
 
     # ---- what subclasses state -------------------------------------------------------------------
-    def _map(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
-        """``(B, *s)`` map before ReLU from activations and gradients (already negated if counterfactual)."""
+    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+        """Per-channel terms ``(B, K, *s)`` from activations and gradients (negated if counterfactual)."""
         raise NotImplementedError
 
     def _record_inputs(self, layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
@@ -88,7 +102,7 @@ class BaseCAM:
 
     def _options(self) -> dict[str, Any]:
         """Constructor keyword arguments, to rebuild the method on another model."""
-        return {"output": self.output, "fuse": self.fuse}
+        return {"output": self.output, "fuse": self.fuse, "reshape": self.reshape}
 
     # ---- public API ------------------------------------------------------------------------------
     @property
@@ -104,7 +118,15 @@ class BaseCAM:
             names = [n for n, _ in self._layers]
         return type(self)(model, layer=names, **self._options())
 
-    def __call__(self, x: Tensor, target: TargetSpec = None, *, counterfactual: bool = False) -> CAMResult:
+    def __call__(
+        self,
+        x: Tensor,
+        target: TargetSpec = None,
+        *,
+        counterfactual: bool = False,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+    ) -> CAMResult:
         """Explain ``target`` for the batch ``x``.
 
         Args:
@@ -113,14 +135,24 @@ class BaseCAM:
                 ``output -> (B,)`` scores.
             counterfactual: negate the gradients (Selvaraju et al. 2017, sec. 5): regions whose
                 removal would raise the target's score.
+            aug_smooth: test-time augmentation: the map is averaged over horizontal flips and input
+                scales (x0.875, x1, x1.125), each mapped back to the input's frame. Six passes.
+            eigen_smooth: the map is the first principal component of the method's per-channel terms
+                (e.g. ``alpha_k A^k``) instead of their sum, which suppresses noise.
 
         Returns:
             A :class:`~camlens.result.CAMResult`.
         """
-        return self._run(x, [target], counterfactual=counterfactual)[0]
+        return self._explain(x, [target], counterfactual, aug_smooth, eigen_smooth)[0]
 
     def for_targets(
-        self, x: Tensor, targets: str | Sequence[TargetSpec], *, counterfactual: bool = False
+        self,
+        x: Tensor,
+        targets: str | Sequence[TargetSpec],
+        *,
+        counterfactual: bool = False,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ) -> list[CAMResult]:
         """Several targets for one batch with one forward pass; only the head is differentiated again.
 
@@ -128,12 +160,48 @@ class BaseCAM:
             targets: a list of target specs (each as in :meth:`__call__`), or ``"top-k"``: the k
                 highest classes of each sample, in order.
         """
-        if isinstance(targets, str):
-            return self._run(x, targets, counterfactual=counterfactual)
-        targets = list(targets)
-        if not targets:
-            raise ValueError("targets is empty; pass at least one target")
-        return self._run(x, targets, counterfactual=counterfactual)
+        if not isinstance(targets, str):
+            targets = list(targets)
+            if not targets:
+                raise ValueError("targets is empty; pass at least one target")
+        return self._explain(x, targets, counterfactual, aug_smooth, eigen_smooth)
+
+    # ---- smoothing -------------------------------------------------------------------------------
+    _AUG_SCALES: ClassVar[tuple[float, ...]] = (1.0, 0.875, 1.125)
+
+    def _explain(
+        self, x: Tensor, targets: str | list[TargetSpec], counterfactual: bool, aug_smooth: bool, eigen_smooth: bool
+    ) -> list[CAMResult]:
+        base = self._run(x, targets, counterfactual=counterfactual, eigen_smooth=eigen_smooth)
+        if not aug_smooth:
+            return base
+        # The augmented passes explain the same classes as the plain pass (an argmax could change).
+        specs = [r.targets if r.targets is not None else t for r, t in zip(base, self._specs_like(targets, base), strict=True)]
+        size = x.shape[2:]
+        sums = [(r.maps.clone(), r.raw.clone()) for r in base]
+        n = 1
+        for flip in (False, True):
+            for scale in self._AUG_SCALES:
+                if not flip and scale == 1.0:
+                    continue
+                xa = x.flip(-1) if flip else x
+                if scale != 1.0:
+                    xa = upsample_input(xa, scale)
+                for (m_sum, r_sum), r in zip(sums, self._run(xa, specs, counterfactual=counterfactual, eigen_smooth=eigen_smooth), strict=True):
+                    m, raw = (r.maps.flip(-1), r.raw.flip(-1)) if flip else (r.maps, r.raw)
+                    m_sum += upsample(m, size)
+                    r_sum += upsample(raw, r_sum.shape[1:])
+                n += 1
+        out = []
+        for r, (m_sum, r_sum) in zip(base, sums, strict=True):
+            r.maps, r.raw = normalize(m_sum / n), r_sum / n
+            r.method += "+aug"
+            out.append(r)
+        return out
+
+    @staticmethod
+    def _specs_like(targets: str | list[TargetSpec], base: list[CAMResult]) -> list[TargetSpec]:
+        return [None] * len(base) if isinstance(targets, str) else targets
 
     # ---- machinery -------------------------------------------------------------------------------
     def _check_input(self, x: Any) -> Tensor:
@@ -189,16 +257,12 @@ class BaseCAM:
             )
 
     def _to_spatial(self, name: str, t: Tensor, x: Tensor) -> Tensor:
-        """A layer's output as ``(B, K, *spatial)`` with the input's number of spatial axes."""
-        if t.ndim != x.ndim or t.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"layer {name!r} outputs shape {tuple(t.shape)}, which has no spatial axes matching the "
-                f"input {tuple(x.shape)}; a CAM method needs a layer whose output is (B, K, *spatial), "
-                "such as the last convolutional block"
-            )
-        return t
+        """A layer's output (or its gradient) as ``(B, K, *spatial)``; see :func:`camlens.reshape.to_spatial`."""
+        return to_spatial(t, x, name=name, model=self.model, reshape=self.reshape)
 
-    def _run(self, x: Tensor, targets: str | list[TargetSpec], *, counterfactual: bool) -> list[CAMResult]:
+    def _run(
+        self, x: Tensor, targets: str | list[TargetSpec], *, counterfactual: bool, eigen_smooth: bool = False
+    ) -> list[CAMResult]:
         x = self._check_input(x)
         if counterfactual and not self.uses_target:
             raise ValueError(f"{type(self).__name__} does not use the target, so counterfactual=True has no meaning")
@@ -225,8 +289,11 @@ class BaseCAM:
                     gn = grads[n].float() if n in grads else None
                     if gn is not None and counterfactual:
                         gn = -gn
-                    raws[n] = self._map(a, gn, MapContext(resolved, cap, n, counterfactual)).clamp(min=0)
-                results.append(self._result(x, raws, grads, resolved, counterfactual))
+                    ctx = MapContext(resolved, cap, n, counterfactual, x, spec, logits)
+                    terms = self._terms(a, gn, ctx)
+                    raw = eigencam_map(terms) if eigen_smooth or self.principal_component else terms.sum(dim=1)
+                    raws[n] = raw.clamp(min=0)
+                results.append(self._result(x, raws, grads, resolved, counterfactual, eigen_smooth))
         return results
 
     def _resolve_target(self, spec: TargetSpec, logits: Tensor) -> Resolved:
@@ -242,6 +309,7 @@ class BaseCAM:
         grads: dict[str, Tensor],
         target: Resolved,
         counterfactual: bool,
+        eigen_smooth: bool = False,
     ) -> CAMResult:
         size = x.shape[2:]
         per_layer = {n: normalize(upsample(r, size)) for n, r in raws.items()}
@@ -258,7 +326,7 @@ class BaseCAM:
             scores=target.scores.detach(),
             targets=target.classes,
             layer="+".join(names),
-            method=self.name + ("(counterfactual)" if counterfactual else ""),
+            method=self.name + ("(counterfactual)" if counterfactual else "") + ("+eigen" if eigen_smooth else ""),
             per_layer=per_layer if len(names) > 1 else {},
             raw_per_layer=raws if len(names) > 1 else {},
         )
@@ -280,5 +348,12 @@ class BaseCAM:
                     "nothing at this layer has positive evidence for the target, so the ReLU removed "
                     "everything; try counterfactual=True, another layer, or another method"
                 )
-            warnings.warn(f"{self.name}: the map of layer {n!r} is all zero for samples {idx}: {cause}", stacklevel=4)
+            warnings.warn(f"{self.name}: the map of layer {n!r} is all zero for samples {idx}: {cause}", stacklevel=5)
 
+
+
+def upsample_input(x: Tensor, scale: float) -> Tensor:
+    """Resize a ``(B, C, *spatial)`` input by ``scale`` (linear interpolation of matching dimension)."""
+    size = [max(1, round(s * scale)) for s in x.shape[2:]]
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
+    return torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=False)

@@ -31,9 +31,9 @@ class GradCAM(BaseCAM):
     name = "gradcam"
     aliases = ("grad-cam",)
 
-    def _map(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
-        return maps.weighted_sum(acts, maps.gradcam_weights(grads))
+        return maps.channel_weighted(acts, maps.gradcam_weights(grads))
 
 
 class HiResCAM(BaseCAM):
@@ -47,9 +47,9 @@ class HiResCAM(BaseCAM):
     name = "hirescam"
     aliases = ("hires-cam",)
 
-    def _map(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
-        return maps.hirescam_map(acts, grads)
+        return maps.hirescam_terms(acts, grads)
 
 
 class GradCAMPlusPlus(BaseCAM):
@@ -62,9 +62,9 @@ class GradCAMPlusPlus(BaseCAM):
     name = "gradcam++"
     aliases = ("gradcampp", "gradcamplusplus", "grad-cam++")
 
-    def _map(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
-        return maps.weighted_sum(acts, maps.gradcampp_weights(acts, grads))
+        return maps.channel_weighted(acts, maps.gradcampp_weights(acts, grads))
 
 
 class XGradCAM(BaseCAM):
@@ -77,9 +77,9 @@ class XGradCAM(BaseCAM):
     name = "xgradcam"
     aliases = ("xgrad-cam",)
 
-    def _map(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
-        return maps.weighted_sum(acts, maps.xgradcam_weights(acts, grads))
+        return maps.channel_weighted(acts, maps.xgradcam_weights(acts, grads))
 
 
 class LayerCAM(BaseCAM):
@@ -93,6 +93,6 @@ class LayerCAM(BaseCAM):
     name = "layercam"
     aliases = ("layer-cam",)
 
-    def _map(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
-        return maps.layercam_map(acts, grads)
+        return maps.layercam_terms(acts, grads)
