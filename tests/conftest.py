@@ -17,7 +17,9 @@ import tv_cpu_shim  # noqa: E402,F401  (must precede any torchvision import)
 class GapNet(nn.Module):
     """Conv features -> global average pool -> linear: the head for which CAM and Grad-CAM agree."""
 
-    def __init__(self, dims: int = 2, in_ch: int = 3, width: int = 8, classes: int = 5, inplace: bool = True) -> None:
+    def __init__(
+        self, dims: int = 2, in_ch: int = 3, width: int = 8, classes: int = 5, inplace: bool = True
+    ) -> None:
         super().__init__()
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
         pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[dims]
@@ -39,8 +41,16 @@ class ConvHead(nn.Module):
 
     def __init__(self, classes: int = 4, inplace: bool = True) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1))
-        self.head = nn.Sequential(nn.ReLU(inplace=inplace), nn.Conv2d(6, 3, 3), nn.Tanh(), nn.Flatten(), nn.LazyLinear(classes))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1)
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(inplace=inplace),
+            nn.Conv2d(6, 3, 3),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -59,7 +69,10 @@ def out_of_place_copy(model: nn.Module) -> nn.Module:
 
 def hook_count(model: nn.Module) -> int:
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
         for m in model.modules()
     )
 

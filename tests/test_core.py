@@ -7,11 +7,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ConvHead, GapNet, hook_count, out_of_place_copy
 from torch import nn
 
 import camlens
 from camlens import maps
+from conftest import ConvHead, GapNet, hook_count, out_of_place_copy
 
 ALL = list(camlens.METHODS.values())
 
@@ -147,7 +147,9 @@ def test_gradients_match_full_autograd(gapnet: GapNet, layer: str) -> None:
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.name)
-def test_every_method_matches_reference_formula_from_full_autograd(cls: type, convhead: ConvHead) -> None:
+def test_every_method_matches_reference_formula_from_full_autograd(
+    cls: type, convhead: ConvHead
+) -> None:
     if cls is camlens.CAM:
         pytest.skip("CAM needs a GAP head; covered by the identity tests")
     x = torch.rand(2, 3, 12, 12)
@@ -330,7 +332,9 @@ def test_unknown_layer_lists_close_names(gapnet: GapNet) -> None:
 def test_bad_targets(gapnet: GapNet) -> None:
     cam = camlens.GradCAM(gapnet, layer="features")
     x = torch.rand(2, 3, 16, 16)
-    with pytest.raises(ValueError, match=r"class index 5 is out of range for an output with 5 classes"):
+    with pytest.raises(
+        ValueError, match=r"class index 5 is out of range for an output with 5 classes"
+    ):
         cam(x, target=5)
     with pytest.raises(ValueError, match="out of range"):
         cam(x, target=-1)
@@ -347,11 +351,11 @@ def test_bad_targets(gapnet: GapNet) -> None:
 
 
 def test_bad_inputs_and_layers(gapnet: GapNet) -> None:
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
         camlens.GradCAM(gapnet)([1, 2, 3])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unsqueeze"):
         camlens.GradCAM(gapnet)(torch.rand(16, 16))
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         camlens.GradCAM("resnet")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no spatial axes"):
         camlens.GradCAM(gapnet, layer="fc")(torch.rand(1, 3, 16, 16))
@@ -369,7 +373,9 @@ def test_bad_inputs_and_layers(gapnet: GapNet) -> None:
 def test_all_zero_map_warns_with_cause(gapnet: GapNet) -> None:
     x = torch.rand(2, 3, 16, 16)
     cam = camlens.GradCAM(gapnet, layer="features")
-    with pytest.warns(UserWarning, match="gradient of the target score with respect to this layer is zero"):
+    with pytest.warns(
+        UserWarning, match="gradient of the target score with respect to this layer is zero"
+    ):
         res = cam(x, target=lambda out: out[:, 0] * 0)
     assert float(res.maps.abs().max()) == 0.0
     with torch.no_grad():

@@ -8,18 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import GapNet, hook_count
 from torch import nn
 
 import camlens
 from camlens import maps
+from conftest import GapNet, hook_count
 
 # ---- Ablation-CAM ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("arch", ["gapnet", "resnet18"])
 def test_ablation_fx_split_equals_hook_fallback(arch: str) -> None:
-    model = GapNet().eval() if arch == "gapnet" else torchvision.models.resnet18(num_classes=7).eval()
+    model = (
+        GapNet().eval() if arch == "gapnet" else torchvision.models.resnet18(num_classes=7).eval()
+    )
     layer = "features" if arch == "gapnet" else "layer3"
     x = torch.rand(2, 3, 48, 48)
     fx = camlens.AblationCAM(model, layer=layer, split="fx", batch_size=50)
@@ -86,7 +88,9 @@ def test_scorecam_matches_hand_computed_result_on_a_linear_score() -> None:
     for i in range(2):
         w = []
         for k in range(3):
-            m = F.interpolate(acts[i, k][None, None], size=(8, 8), mode="bilinear", align_corners=False)[0, 0]
+            m = F.interpolate(
+                acts[i, k][None, None], size=(8, 8), mode="bilinear", align_corners=False
+            )[0, 0]
             m = (m - m.min()) / (m.max() - m.min())
             w.append(float((x[i, 0] * m * model.v[0, 0]).sum() + model.b[1] * 0 + model.b[0]))
         expected.append(F.relu((torch.tensor(w)[:, None, None] * acts[i]).sum(0)))
@@ -186,11 +190,17 @@ def test_guided_gradcam_is_product_of_guided_backprop_and_gradcam(gapnet: GapNet
 # ---- smoothing -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "layercam", "scorecam", "ablationcam", "eigencam"])
+@pytest.mark.parametrize(
+    "name", ["gradcam", "gradcam++", "layercam", "scorecam", "ablationcam", "eigencam"]
+)
 def test_smoothing_keeps_range_and_shape(name: str, gapnet: GapNet) -> None:
     x = torch.rand(2, 3, 20, 20)
     cam = camlens.get_method(name)(gapnet, layer="features")
-    for kw in ({"aug_smooth": True}, {"eigen_smooth": True}, {"aug_smooth": True, "eigen_smooth": True}):
+    for kw in (
+        {"aug_smooth": True},
+        {"eigen_smooth": True},
+        {"aug_smooth": True, "eigen_smooth": True},
+    ):
         res = cam(x, target=1, **kw)
         assert res.maps.shape == (2, 20, 20) and res.raw.shape == (2, 10, 10)
         assert float(res.maps.min()) >= 0 and float(res.maps.max()) <= 1
@@ -218,7 +228,9 @@ def test_aug_smooth_averages_flips_and_scales_mapped_back(gapnet: GapNet) -> Non
             xa = F.interpolate(xa, size=(size, size), mode="bilinear", align_corners=False)
             m = cam(xa, target=plain.targets).maps
             m = m.flip(-1) if flip else m
-            total += F.interpolate(m[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+            total += F.interpolate(m[:, None], size=(16, 16), mode="bilinear", align_corners=False)[
+                :, 0
+            ]
     smoothed = cam(x, aug_smooth=True)
     torch.testing.assert_close(smoothed.maps, maps.normalize(total / 6), rtol=1e-4, atol=1e-5)
     assert smoothed.targets.tolist() == plain.targets.tolist()

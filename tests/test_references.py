@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import GapNet
 from torch import nn
 
 import camlens
 from camlens import maps
+from conftest import GapNet
 
 
 def _last_conv(module: nn.Module) -> str:
@@ -52,7 +52,9 @@ def test_gradcam_matches_captum(arch: str, models: dict[str, tuple[nn.Module, st
     x = torch.rand(2, 3, 64, 64)
     target = torch.tensor([3, 8])
     ours = camlens.GradCAM(model, layer=layer)(x, target=target)
-    ref = LayerGradCam(model, model.get_submodule(layer)).attribute(x, target=target, relu_attributions=True)
+    ref = LayerGradCam(model, model.get_submodule(layer)).attribute(
+        x, target=target, relu_attributions=True
+    )
     ref = ref.squeeze(1).detach()
     scale = float(ref.abs().max())
     assert scale > 0, "degenerate reference map"
@@ -61,7 +63,9 @@ def test_gradcam_matches_captum(arch: str, models: dict[str, tuple[nn.Module, st
         assert isinstance(model.get_submodule(layer), nn.Conv2d)
 
 
-def _pgc_scaled(cls: type, model: nn.Module, layer: nn.Module, x: torch.Tensor, target: list[int]) -> np.ndarray:
+def _pgc_scaled(
+    cls: type, model: nn.Module, layer: nn.Module, x: torch.Tensor, target: list[int]
+) -> np.ndarray:
     """pytorch-grad-cam's map, min-max scaled at the layer's resolution (its resize switched off)."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -85,7 +89,9 @@ PGC = [
 
 
 @pytest.mark.parametrize(("name", "arch"), PGC)
-def test_methods_match_pytorch_grad_cam(name: str, arch: str, models: dict[str, tuple[nn.Module, str]]) -> None:
+def test_methods_match_pytorch_grad_cam(
+    name: str, arch: str, models: dict[str, tuple[nn.Module, str]]
+) -> None:
     import pytorch_grad_cam
 
     model, layer = models[arch]
@@ -105,7 +111,9 @@ def test_methods_match_pytorch_grad_cam(name: str, arch: str, models: dict[str, 
     np.testing.assert_allclose(ours_scaled, ref, atol=2e-3)
 
 
-def test_pgc_records_an_activation_that_inplace_relu_overwrote(models: dict[str, tuple[nn.Module, str]]) -> None:
+def test_pgc_records_an_activation_that_inplace_relu_overwrote(
+    models: dict[str, tuple[nn.Module, str]],
+) -> None:
     """Why pytorch-grad-cam is not a reference on VGG: its hook keeps the conv output, which the next
     ReLU(inplace=True) overwrites, so it explains post-ReLU values. camlens keeps the true output (and
     agrees with Captum there, above)."""
@@ -152,7 +160,9 @@ def test_gap_model_cam_equals_captum_scaled(gapnet: GapNet) -> None:
 
     x = torch.rand(2, 3, 16, 16)
     cam = camlens.CAM(gapnet, layer="features")(x, target=[0, 4])
-    ref = LayerGradCam(gapnet, gapnet.features).attribute(x, target=torch.tensor([0, 4]), relu_attributions=True)
+    ref = LayerGradCam(gapnet, gapnet.features).attribute(
+        x, target=torch.tensor([0, 4]), relu_attributions=True
+    )
     z = cam.raw[0].numel()
     torch.testing.assert_close(cam.raw / z, ref.squeeze(1).detach(), rtol=1e-4, atol=1e-7)
 

@@ -17,8 +17,8 @@ from camlens import maps, targets
 from camlens.capture import LayerCapture, find_last_spatial_layer, resolve_layers
 from camlens.methods import (
     CAM,
-    AblationCAM,
     METHODS,
+    AblationCAM,
     BaseCAM,
     EigenCAM,
     GradCAM,
@@ -38,8 +38,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAM",
-    "AblationCAM",
     "METHODS",
+    "AblationCAM",
     "BaseCAM",
     "CAMResult",
     "EigenCAM",

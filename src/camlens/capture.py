@@ -97,7 +97,9 @@ def _hooks(handles: list[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
         handles.clear()
 
 
-def find_last_spatial_layer(model: nn.Module, x: Tensor, is_candidate: Callable[[Tensor], bool] | None = None) -> str:
+def find_last_spatial_layer(
+    model: nn.Module, x: Tensor, is_candidate: Callable[[Tensor], bool] | None = None
+) -> str:
     """Name of the last module (in the order their forwards finish) whose output keeps spatial axes.
 
     A module qualifies when its output is a tensor ``(B, C, *spatial)`` with as many spatial axes as the
@@ -243,5 +245,10 @@ class LayerCapture:
                 "them, or the target callable detached it; choose a layer before the output"
             )
         with torch.enable_grad():
-            grads = torch.autograd.grad(score.sum(), acts, retain_graph=retain_graph, allow_unused=True)
-        return {n: (g if g is not None else torch.zeros_like(a)) for n, a, g in zip(names, acts, grads, strict=True)}
+            grads = torch.autograd.grad(
+                score.sum(), acts, retain_graph=retain_graph, allow_unused=True
+            )
+        return {
+            n: (g if g is not None else torch.zeros_like(a))
+            for n, a, g in zip(names, acts, grads, strict=True)
+        }

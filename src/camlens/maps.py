@@ -53,7 +53,9 @@ def _check_pair(acts: Tensor, grads: Tensor) -> None:
             f"activations {tuple(acts.shape)} and gradients {tuple(grads.shape)} must have the same shape"
         )
     if acts.ndim < 3:
-        raise ValueError(f"expected (B, K, *spatial) with 1 to 3 spatial axes, got {tuple(acts.shape)}")
+        raise ValueError(
+            f"expected (B, K, *spatial) with 1 to 3 spatial axes, got {tuple(acts.shape)}"
+        )
 
 
 def _broadcast(weights: Tensor, like: Tensor) -> Tensor:
@@ -164,7 +166,9 @@ def gradcampp_weights(acts: Tensor, grads: Tensor) -> Tensor:
     sum_a = _broadcast(acts.sum(dim=_spatial(acts)), acts)
     denom = 2 * g2 + sum_a * g2 * grads
     defined = denom != 0
-    alpha = torch.where(defined, g2 / torch.where(defined, denom, torch.ones_like(denom)), torch.zeros_like(g2))
+    alpha = torch.where(
+        defined, g2 / torch.where(defined, denom, torch.ones_like(denom)), torch.zeros_like(g2)
+    )
     return (alpha * grads.clamp(min=0)).sum(dim=_spatial(grads))
 
 
@@ -183,7 +187,9 @@ def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
     sum_a = acts.sum(dim=_spatial(acts))
     num = (grads * acts).sum(dim=_spatial(acts))
     defined = sum_a != 0
-    return torch.where(defined, num / torch.where(defined, sum_a, torch.ones_like(sum_a)), torch.zeros_like(num))
+    return torch.where(
+        defined, num / torch.where(defined, sum_a, torch.ones_like(sum_a)), torch.zeros_like(num)
+    )
 
 
 def layercam_terms(acts: Tensor, grads: Tensor) -> Tensor:
@@ -257,7 +263,9 @@ def upsample(maps: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:
     """
     size = tuple(int(s) for s in size)
     if maps.ndim - 1 != len(size):
-        raise ValueError(f"maps {tuple(maps.shape)} have {maps.ndim - 1} spatial axes, size {size} has {len(size)}")
+        raise ValueError(
+            f"maps {tuple(maps.shape)} have {maps.ndim - 1} spatial axes, size {size} has {len(size)}"
+        )
     if tuple(maps.shape[1:]) == size:
         return maps
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(size))
@@ -281,5 +289,7 @@ def normalize(maps: Tensor) -> Tensor:
     lo = flat.min(dim=1, keepdim=True).values
     hi = flat.max(dim=1, keepdim=True).values
     span = hi - lo
-    scaled = torch.where(span > 0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny), (hi > 0).to(flat))
+    scaled = torch.where(
+        span > 0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny), (hi > 0).to(flat)
+    )
     return scaled.reshape(maps.shape)

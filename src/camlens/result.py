@@ -56,15 +56,26 @@ class CAMResult:
         """
         from camlens import viz
 
-        imgs: Sequence[Any] = list(images) if not isinstance(images, Tensor) else list(images.unbind(0))
+        imgs: Sequence[Any] = (
+            list(images) if not isinstance(images, Tensor) else list(images.unbind(0))
+        )
         if len(imgs) != len(self):
             raise ValueError(f"got {len(imgs)} images for {len(self)} maps; pass one image per map")
         ndim = self.maps.ndim - 1
         if ndim == 2:
-            return [viz.overlay(im, m, colormap=colormap, alpha=alpha) for im, m in zip(imgs, self.maps, strict=True)]
+            return [
+                viz.overlay(im, m, colormap=colormap, alpha=alpha)
+                for im, m in zip(imgs, self.maps, strict=True)
+            ]
         if ndim == 1:
-            return [viz.overlay_1d(im, m, colormap=colormap) for im, m in zip(imgs, self.maps, strict=True)]
-        return [viz.overlay_3d(im, m, colormap=colormap, alpha=alpha) for im, m in zip(imgs, self.maps, strict=True)]
+            return [
+                viz.overlay_1d(im, m, colormap=colormap)
+                for im, m in zip(imgs, self.maps, strict=True)
+            ]
+        return [
+            viz.overlay_3d(im, m, colormap=colormap, alpha=alpha)
+            for im, m in zip(imgs, self.maps, strict=True)
+        ]
 
     def _repr_png_(self) -> bytes | None:
         """Jupyter shows the maps of a 2-D result as a row of heatmaps."""
@@ -74,7 +85,10 @@ class CAMResult:
             from camlens import viz
 
             cells = [viz.heatmap(m) for m in self.maps[:16]]
-            titles = [f"#{i}" + (f" class {int(self.targets[i])}" if self.targets is not None else "") for i in range(len(cells))]
+            titles = [
+                f"#{i}" + (f" class {int(self.targets[i])}" if self.targets is not None else "")
+                for i in range(len(cells))
+            ]
             return viz.to_png_bytes(viz.grid(cells, titles=titles))
         except ImportError:
             return None

@@ -12,8 +12,8 @@ from camlens.methods.perturbation import AblationCAM, ScoreCAM
 
 __all__ = [
     "CAM",
-    "AblationCAM",
     "METHODS",
+    "AblationCAM",
     "BaseCAM",
     "EigenCAM",
     "GradCAM",

@@ -31,10 +31,19 @@ class CAM(BaseCAM):
     name = "cam"
     needs_grad = False
 
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, *, fc: str | nn.Module | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        *,
+        fc: str | nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, layer, **kwargs)
         if fc is None:
-            linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            linears: list[tuple[str, nn.Module]] = [
+                (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            ]
             if not linears:
                 raise ValueError(
                     f"CAM needs a GAP + linear head, but {type(model).__name__} has no nn.Linear; use GradCAM, "
@@ -44,32 +53,47 @@ class CAM(BaseCAM):
         else:
             self._fc = resolve_layers(model, fc)[0]
         if not isinstance(self._fc[1], nn.Linear):
-            raise ValueError(f"fc={self._fc[0]!r} is a {type(self._fc[1]).__name__}, not an nn.Linear")
+            raise ValueError(
+                f"fc={self._fc[0]!r} is a {type(self._fc[1]).__name__}, not an nn.Linear"
+            )
 
     def _options(self) -> dict[str, Any]:
         return {**super()._options(), "fc": self._fc[0]}
 
     def _record_inputs(self, layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
         if len(layers) != 1:
-            raise ValueError("CAM explains one layer (the one the classifier pools); pass a single layer")
+            raise ValueError(
+                "CAM explains one layer (the one the classifier pools); pass a single layer"
+            )
         return [self._fc]
 
     def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         fc_name, fc = self._fc
         name, target = ctx.layer, ctx.target
         if target.classes is None:
-            raise ValueError("CAM needs class targets (None, an int or one int per sample), not a callable")
+            raise ValueError(
+                "CAM needs class targets (None, an int or one int per sample), not a callable"
+            )
         pooled = acts.mean(dim=tuple(range(2, acts.ndim)))
         fc_in = ctx.capture.inputs.get(fc_name)
-        if fc_in is None or fc_in.reshape(pooled.shape[0], -1).shape != pooled.shape or not torch.allclose(
-            fc_in.reshape(pooled.shape).float(), pooled, rtol=1e-4, atol=1e-5 * float(pooled.abs().max()) + 1e-6
+        if (
+            fc_in is None
+            or fc_in.reshape(pooled.shape[0], -1).shape != pooled.shape
+            or not torch.allclose(
+                fc_in.reshape(pooled.shape).float(),
+                pooled,
+                rtol=1e-4,
+                atol=1e-5 * float(pooled.abs().max()) + 1e-6,
+            )
         ):
             raise ValueError(
                 f"CAM needs the classifier {fc_name!r} to take the global average of layer {name!r} as its "
                 "input, and this model's head is different; use GradCAM, which equals CAM up to a constant "
                 "for such heads and works for any head"
             )
-        w = fc.weight.detach().float()[target.classes.to(fc.weight.device)].to(acts.device)
+        weight = fc.weight
+        assert isinstance(weight, Tensor)
+        w = weight.detach().float()[target.classes.to(weight.device)].to(acts.device)
         sign = -1.0 if ctx.counterfactual else 1.0
         return maps.channel_weighted(acts, sign * w)
 

@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from camlens.capture import CaptureError, LayerCapture, LayerSpec, find_last_spatial_layer, resolve_layers
+from camlens.capture import (
+    CaptureError,
+    LayerCapture,
+    LayerSpec,
+    find_last_spatial_layer,
+    resolve_layers,
+)
 from camlens.maps import eigencam_map, normalize, upsample
 from camlens.reshape import ReshapeFn, to_spatial
 from camlens.result import CAMResult
@@ -84,10 +90,14 @@ class BaseCAM:
         self.output = output
         self.fuse = fuse
         if reshape is not None and not callable(reshape):
-            raise TypeError(f"reshape must be a callable (activation, input) -> (B, K, *spatial), not {reshape!r}")
+            raise TypeError(
+                f"reshape must be a callable (activation, input) -> (B, K, *spatial), not {reshape!r}"
+            )
         self.reshape = reshape
         self._layer_spec = layer
-        self._layers: list[tuple[str, nn.Module]] | None = None if layer is None else resolve_layers(model, layer)
+        self._layers: list[tuple[str, nn.Module]] | None = (
+            None if layer is None else resolve_layers(model, layer)
+        )
         self._auto: dict[int, list[tuple[str, nn.Module]]] = {}
         self._warned_train = False
 
@@ -170,13 +180,21 @@ class BaseCAM:
     _AUG_SCALES: ClassVar[tuple[float, ...]] = (1.0, 0.875, 1.125)
 
     def _explain(
-        self, x: Tensor, targets: str | list[TargetSpec], counterfactual: bool, aug_smooth: bool, eigen_smooth: bool
+        self,
+        x: Tensor,
+        targets: str | list[TargetSpec],
+        counterfactual: bool,
+        aug_smooth: bool,
+        eigen_smooth: bool,
     ) -> list[CAMResult]:
         base = self._run(x, targets, counterfactual=counterfactual, eigen_smooth=eigen_smooth)
         if not aug_smooth:
             return base
         # The augmented passes explain the same classes as the plain pass (an argmax could change).
-        specs = [r.targets if r.targets is not None else t for r, t in zip(base, self._specs_like(targets, base), strict=True)]
+        specs = [
+            r.targets if r.targets is not None else t
+            for r, t in zip(base, self._specs_like(targets, base), strict=True)
+        ]
         size = x.shape[2:]
         sums = [(r.maps.clone(), r.raw.clone()) for r in base]
         n = 1
@@ -187,7 +205,11 @@ class BaseCAM:
                 xa = x.flip(-1) if flip else x
                 if scale != 1.0:
                     xa = upsample_input(xa, scale)
-                for (m_sum, r_sum), r in zip(sums, self._run(xa, specs, counterfactual=counterfactual, eigen_smooth=eigen_smooth), strict=True):
+                for (m_sum, r_sum), r in zip(
+                    sums,
+                    self._run(xa, specs, counterfactual=counterfactual, eigen_smooth=eigen_smooth),
+                    strict=True,
+                ):
                     m, raw = (r.maps.flip(-1), r.raw.flip(-1)) if flip else (r.maps, r.raw)
                     m_sum += upsample(m, size)
                     r_sum += upsample(raw, r_sum.shape[1:])
@@ -206,7 +228,9 @@ class BaseCAM:
     # ---- machinery -------------------------------------------------------------------------------
     def _check_input(self, x: Any) -> Tensor:
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor of shape (B, C, *spatial), not {type(x).__name__}")
+            raise TypeError(
+                f"x must be a torch.Tensor of shape (B, C, *spatial), not {type(x).__name__}"
+            )
         if x.ndim not in (3, 4, 5):
             raise ValueError(
                 f"x must be (B, C, L), (B, C, H, W) or (B, C, D, H, W); got shape {tuple(x.shape)} "
@@ -261,21 +285,32 @@ class BaseCAM:
         return to_spatial(t, x, name=name, model=self.model, reshape=self.reshape)
 
     def _run(
-        self, x: Tensor, targets: str | list[TargetSpec], *, counterfactual: bool, eigen_smooth: bool = False
+        self,
+        x: Tensor,
+        targets: str | list[TargetSpec],
+        *,
+        counterfactual: bool,
+        eigen_smooth: bool = False,
     ) -> list[CAMResult]:
         x = self._check_input(x)
         if counterfactual and not self.uses_target:
-            raise ValueError(f"{type(self).__name__} does not use the target, so counterfactual=True has no meaning")
+            raise ValueError(
+                f"{type(self).__name__} does not use the target, so counterfactual=True has no meaning"
+            )
         layers = self._resolve_layers(x)
         self._warn_training()
         results = []
         with (
             torch.inference_mode(False),
-            LayerCapture(layers, grad=self.needs_grad, record_inputs=self._record_inputs(layers)) as cap,
+            LayerCapture(
+                layers, grad=self.needs_grad, record_inputs=self._record_inputs(layers)
+            ) as cap,
         ):
             logits = select_output(self._forward(x), self.output)
             cap.check_called()
-            specs: list[Any] = top_k_targets(targets, logits) if isinstance(targets, str) else targets
+            specs: list[Any] = (
+                top_k_targets(targets, logits) if isinstance(targets, str) else targets
+            )
             acts = {n: self._to_spatial(n, cap.activations[n], x) for n, _ in layers}
             for i, spec in enumerate(specs):
                 resolved = self._resolve_target(spec, logits)
@@ -291,7 +326,11 @@ class BaseCAM:
                         gn = -gn
                     ctx = MapContext(resolved, cap, n, counterfactual, x, spec, logits)
                     terms = self._terms(a, gn, ctx)
-                    raw = eigencam_map(terms) if eigen_smooth or self.principal_component else terms.sum(dim=1)
+                    raw = (
+                        eigencam_map(terms)
+                        if eigen_smooth or self.principal_component
+                        else terms.sum(dim=1)
+                    )
                     raws[n] = raw.clamp(min=0)
                 results.append(self._result(x, raws, grads, resolved, counterfactual, eigen_smooth))
         return results
@@ -326,7 +365,9 @@ class BaseCAM:
             scores=target.scores.detach(),
             targets=target.classes,
             layer="+".join(names),
-            method=self.name + ("(counterfactual)" if counterfactual else "") + ("+eigen" if eigen_smooth else ""),
+            method=self.name
+            + ("(counterfactual)" if counterfactual else "")
+            + ("+eigen" if eigen_smooth else ""),
             per_layer=per_layer if len(names) > 1 else {},
             raw_per_layer=raws if len(names) > 1 else {},
         )
@@ -348,8 +389,10 @@ class BaseCAM:
                     "nothing at this layer has positive evidence for the target, so the ReLU removed "
                     "everything; try counterfactual=True, another layer, or another method"
                 )
-            warnings.warn(f"{self.name}: the map of layer {n!r} is all zero for samples {idx}: {cause}", stacklevel=5)
-
+            warnings.warn(
+                f"{self.name}: the map of layer {n!r} is all zero for samples {idx}: {cause}",
+                stacklevel=5,
+            )
 
 
 def upsample_input(x: Tensor, scale: float) -> Tensor:

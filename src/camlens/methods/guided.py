@@ -45,7 +45,9 @@ class _GuidedMode(TorchFunctionMode):
     return value of ``relu_``.
     """
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
         if func in _RELUS:
             return _GuidedReLU.apply(args[0])
         return func(*args, **(kwargs or {}))
@@ -77,7 +79,9 @@ class GuidedBackprop:
     def with_model(self, model: nn.Module) -> GuidedBackprop:
         return type(self)(model, output=self.output)
 
-    def gradients(self, x: Tensor, target: TargetSpec = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def gradients(
+        self, x: Tensor, target: TargetSpec = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(B, C, *spatial)`` guided gradients, the ``(B,)`` scores and the class targets."""
         BaseCAM._check_input(self, x)  # type: ignore[arg-type]
         leaf = x.detach().requires_grad_(True)
@@ -94,7 +98,12 @@ class GuidedBackprop:
     def __call__(self, x: Tensor, target: TargetSpec = None) -> CAMResult:
         g, scores, classes = self.gradients(x, target)
         return CAMResult(
-            maps=normalize(g).float(), raw=g, scores=scores, targets=classes, layer="input", method=self.name
+            maps=normalize(g).float(),
+            raw=g,
+            scores=scores,
+            targets=classes,
+            layer="input",
+            method=self.name,
         )
 
 
@@ -111,7 +120,9 @@ class GuidedGradCAM:
     aliases: ClassVar[tuple[str, ...]] = ("guidedgradcam", "guided-grad-cam")
     takes_layer: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, *, output: OutputSelector = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer: LayerSpec = None, *, output: OutputSelector = None
+    ) -> None:
         self.cam = GradCAM(model, layer, output=output)
         self.guided = GuidedBackprop(model, output=output)
         self.model = model

@@ -19,7 +19,9 @@ __all__ = ["AblationCAM", "ScoreCAM"]
 
 def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1 (how many perturbed copies run at once), got {batch_size!r}")
+        raise ValueError(
+            f"batch_size must be an int >= 1 (how many perturbed copies run at once), got {batch_size!r}"
+        )
     return batch_size
 
 
@@ -71,7 +73,9 @@ class ScoreCAM(BaseCAM):
     ) -> None:
         super().__init__(model, layer, **kwargs)
         self.batch_size = _check_batch_size(batch_size)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
+        ):
             raise ValueError(f"top_k must be None (all channels) or an int >= 1, got {top_k!r}")
         self.top_k = top_k
         if isinstance(baseline, str) and baseline != "zeros":
@@ -79,13 +83,20 @@ class ScoreCAM(BaseCAM):
         self.baseline = baseline
 
     def _options(self) -> dict[str, Any]:
-        return {**super()._options(), "batch_size": self.batch_size, "top_k": self.top_k, "baseline": self.baseline}
+        return {
+            **super()._options(),
+            "batch_size": self.batch_size,
+            "top_k": self.top_k,
+            "baseline": self.baseline,
+        }
 
     def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         x = ctx.x
         b, k = acts.shape[:2]
         if self.top_k is not None and self.top_k > k:
-            raise ValueError(f"top_k={self.top_k} is larger than the {k} channels of layer {ctx.layer!r}; use 1 to {k}")
+            raise ValueError(
+                f"top_k={self.top_k} is larger than the {k} channels of layer {ctx.layer!r}; use 1 to {k}"
+            )
         size = x.shape[2:]
         weights = torch.zeros(b, k, device=acts.device)
         base = None if isinstance(self.baseline, str) else self.baseline.to(x)
@@ -172,7 +183,13 @@ class AblationCAM(BaseCAM):
     needs_grad = False
 
     def __init__(
-        self, model: nn.Module, layer: LayerSpec = None, *, batch_size: int = 128, split: str = "auto", **kwargs: Any
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        *,
+        batch_size: int = 128,
+        split: str = "auto",
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
         self.batch_size = _check_batch_size(batch_size)
@@ -194,7 +211,9 @@ class AblationCAM(BaseCAM):
                 self._splits[layer] = _HeadSplit(self.model, layer)
             except Exception as e:  # fx cannot trace every model: fall back to the hook
                 if self.split == "fx":
-                    raise ValueError(f"torch.fx could not split the model at {layer!r}: {e}; use split='hook'") from e
+                    raise ValueError(
+                        f"torch.fx could not split the model at {layer!r}: {e}; use split='hook'"
+                    ) from e
                 self._splits[layer] = None
         return self._splits[layer]
 
@@ -214,19 +233,25 @@ class AblationCAM(BaseCAM):
         b, k = acts.shape[:2]
         y = ctx.target.scores.detach().float()
         weights = torch.zeros(b, k, device=acts.device)
-        raw_act = ctx.capture.activations[ctx.layer].detach()  # the layer's own layout (before reshape)
+        raw_act = ctx.capture.activations[
+            ctx.layer
+        ].detach()  # the layer's own layout (before reshape)
         if raw_act.shape[1] == k and raw_act.ndim == acts.ndim:
             shape = (k, *([1] * (raw_act.ndim - 2)))  # channels first
         elif raw_act.shape[-1] == k:
             shape = (*([1] * (raw_act.ndim - 2)), k)  # channels last (tokens)
         else:
-            raise ValueError(f"cannot find the {k} channels in layer {ctx.layer!r}'s output {tuple(raw_act.shape)}")
+            raise ValueError(
+                f"cannot find the {k} channels in layer {ctx.layer!r}'s output {tuple(raw_act.shape)}"
+            )
         eye = torch.eye(k, device=acts.device, dtype=torch.bool)
         with torch.inference_mode():
             for i in range(b):
                 score_fn = _sample_target(ctx, i)
                 for start in range(0, k, self.batch_size):
-                    keep = ~eye[start : start + self.batch_size]  # (n, K): False at the ablated channel
+                    keep = ~eye[
+                        start : start + self.batch_size
+                    ]  # (n, K): False at the ablated channel
                     n = keep.shape[0]
                     ablated = raw_act[i : i + 1] * keep.reshape(n, *shape).to(raw_act.dtype)
                     out = select_output(self._run_head(ctx.x, i, ablated, ctx.layer), self.output)
@@ -243,7 +268,9 @@ class AblationCAM(BaseCAM):
             self.split_used = "fx"
             b = x.shape[0]
             rest = [
-                v[i : i + 1].expand(n, *v.shape[1:]).contiguous() if isinstance(v, Tensor) and v.ndim and v.shape[0] == b else v
+                v[i : i + 1].expand(n, *v.shape[1:]).contiguous()
+                if isinstance(v, Tensor) and v.ndim and v.shape[0] == b
+                else v
                 for v in self._values[1:]
             ]
             split = self._splits[layer]
