@@ -37,16 +37,13 @@ class Normalize(nn.Module):
         return f"mean={self.mean}, std={self.std}"
 
 
-def _block(c_in: int, c_out: int, *, stride: int = 1, pool: bool = False) -> nn.Sequential:
-    """Conv3x3-BN-ReLU, optionally followed by a 2x2 max pool."""
-    layers: list[nn.Module] = [
+def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """Conv3x3-BN-ReLU: (N, c_in, H, W) -> (N, c_out, H / stride, W / stride)."""
+    return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
-    ]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers)
+    )
 
 
 class DemoNet(nn.Module):
@@ -79,8 +76,8 @@ class DemoNet(nn.Module):
         self.features = nn.Sequential(
             Normalize(),
             _block(3, 32, stride=2),  # 1/2
-            _block(32, 64, pool=True),  # 1/4
-            _block(64, width, pool=True),  # 1/8
+            _block(32, 64, stride=2),  # 1/4
+            _block(64, width, stride=2),  # 1/8
             _block(width, width),
             _block(width, width),
         )
@@ -122,5 +119,7 @@ def load_model(weights: str | os.PathLike[str] | None = None) -> DemoNet:
         model = DemoNet()
         model.load_state_dict(state)
     except Exception as exc:
-        raise RuntimeError(f"could not load demo model weights from {path} ({exc}); {hint}") from exc
+        raise RuntimeError(
+            f"could not load demo model weights from {path} ({exc}); {hint}"
+        ) from exc
     return model.eval()
