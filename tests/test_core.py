@@ -13,7 +13,9 @@ import camlens
 from camlens import maps
 from conftest import ConvHead, GapNet, hook_count, out_of_place_copy
 
-ALL = list(camlens.METHODS.values())
+# the layer methods (same constructor and CAMResult layout); guided backprop works at the input
+ALL = [c for c in camlens.METHODS.values() if issubclass(c, camlens.BaseCAM)]
+GUIDED = [camlens.GuidedBackprop, camlens.GuidedGradCAM]
 
 
 def reference_acts_grads(model: nn.Module, layer: nn.Module, x: torch.Tensor, cls: torch.Tensor):
@@ -152,6 +154,8 @@ def test_every_method_matches_reference_formula_from_full_autograd(
 ) -> None:
     if cls is camlens.CAM:
         pytest.skip("CAM needs a GAP head; covered by the identity tests")
+    if cls in (camlens.ScoreCAM, camlens.AblationCAM):
+        pytest.skip("perturbation methods have closed-form tests in test_family.py")
     x = torch.rand(2, 3, 12, 12)
     target = torch.tensor([2, 0])
     a, g = reference_acts_grads(convhead, convhead.body, x, target)
@@ -382,3 +386,17 @@ def test_all_zero_map_warns_with_cause(gapnet: GapNet) -> None:
         gapnet.fc.weight[1] = -gapnet.fc.weight[1].abs()  # ReLU activations only lower class 1
     with pytest.warns(UserWarning, match="no positive evidence|ReLU removed everything"):
         cam(x, target=1)
+
+
+@pytest.mark.parametrize("cls", GUIDED, ids=lambda c: c.name)
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_guided_methods_every_dimension_and_model_untouched(cls: type, dims: int) -> None:
+    net = GapNet(dims=dims).eval()
+    size = {1: 40, 2: 20, 3: 10}[dims]
+    x = torch.rand(2, 3, *([size] * dims))
+    res = cls(net)(x, target=[1, 2])
+    assert res.maps.shape == res.raw.shape == (2, 3, *([size] * dims))
+    assert float(res.maps.min()) >= 0.0 and float(res.maps.max()) == 1.0
+    assert res.targets.tolist() == [1, 2]
+    assert hook_count(net) == 0 and all(p.grad is None for p in net.parameters())
+    assert torch.is_grad_enabled()

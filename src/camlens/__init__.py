@@ -14,7 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from camlens import maps, targets
-from camlens.capture import LayerCapture, find_last_spatial_layer, resolve_layers
+from camlens.capture import (
+    LayerCapture,
+    find_default_layer,
+    find_last_spatial_layer,
+    resolve_layers,
+)
 from camlens.methods import (
     CAM,
     METHODS,
@@ -53,6 +58,7 @@ __all__ = [
     "ModelError",
     "ScoreCAM",
     "XGradCAM",
+    "find_default_layer",
     "find_last_spatial_layer",
     "get_method",
     "grid",

@@ -12,15 +12,25 @@ exit and every hook is removed, also when the forward raises.
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CaptureError", "LayerCapture", "find_last_spatial_layer", "resolve_layers"]
+from camlens.reshape import infer_layout
+
+__all__ = [
+    "CaptureError",
+    "LayerCapture",
+    "find_default_layer",
+    "find_last_spatial_layer",
+    "resolve_layers",
+]
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 
@@ -131,6 +141,117 @@ def find_last_spatial_layer(
             f"{tuple(x.shape)}; pass layer= explicitly (see `camlens layers`)"
         )
     return order[-1]
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower()
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(
+        ("LayerNorm", "RMSNorm")
+    )
+
+
+@dataclass(frozen=True)
+class _Event:
+    index: int
+    name: str
+    kind: str  # "start" of an attention module, or the layout of a module's output
+    norm: bool = False
+
+
+def find_default_layer(model: nn.Module, x: Tensor) -> str:
+    """The layer camlens explains when ``layer=None``.
+
+    One forward of the first sample (all of ``x`` in training mode) under ``no_grad`` records, in the
+    order their forwards finish, the modules whose output has a spatial reading (see
+    :func:`camlens.reshape.infer_layout`) with more than one position: convolutional ``(B, K, *s)``,
+    channels-last ``(B, *s, K)`` or transformer tokens ``(B, N, K)`` whose grid can be inferred.
+    Modules inside attention modules (attention maps are not feature maps) are left out. Then:
+
+    1. **Backbone + head models** (torchvision detection and segmentation models, and any model with
+       a ``backbone`` child): only layers inside ``backbone.body`` (FPN backbones) or else inside
+       ``backbone`` count, since what follows is a task head whose output is the prediction itself:
+       ``backbone.body.layer4`` for Faster R-CNN / RetinaNet / FCOS with a ResNet,
+       ``backbone.layer4`` for DeepLabV3 / FCN with a ResNet.
+    2. **Convolutional and channels-last models**: the last such layer; the container that finishes
+       last wins (``layer4`` of a ResNet, ``features`` of a MobileNet, ``permute`` — the final norm as
+       ``(B, C, H, W)`` — of torchvision's Swin, ``norm`` of timm's Swin).
+    3. **Token models** (the last such layer outputs tokens): the norm (``LayerNorm``/``RMSNorm``)
+       that finishes last before the last attention module starts, i.e. the input norm of the last
+       transformer block: ``encoder.layers[-1].ln_1`` of torchvision's ViT, ``blocks[-1].norm1`` of
+       timm's ViT / DeiT, the last layer's ``layernorm_before`` of Hugging Face's ViT. Its patch
+       tokens still reach the class token through the last attention; after it, in class-token
+       models, they no longer affect the output and their gradients are zero. Without a norm (or
+       without an attention module) the last token layer is used.
+
+    Raises:
+        ValueError: no module of the model outputs anything spatial; pass ``layer=`` (and ``reshape=``).
+    """
+    attention = [n for n, m in model.named_modules() if n and _is_attention(m)]
+
+    def inside_attention(name: str) -> bool:
+        return any(name == a or name.startswith(a + ".") for a in attention)
+
+    probe = x if model.training else x[:1]
+    events: list[_Event] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if _is_attention(module):
+
+            def pre_hook(_m: nn.Module, _i: Any, name: str = name) -> None:
+                events.append(_Event(len(events), name, "start"))
+
+            handles.append(module.register_forward_pre_hook(pre_hook))
+        if inside_attention(name):
+            continue
+
+        def hook(m: nn.Module, _i: Any, output: Any, name: str = name) -> None:
+            t, _ = _first_tensor(output)
+            if t is None:
+                return
+            try:
+                layout = infer_layout(
+                    tuple(t.shape), tuple(probe.shape), model=model, name=name, module=m
+                )
+            except ValueError:
+                return
+            shape = tuple(t.shape)
+            positions = {
+                "spatial": shape[2:],
+                "channels_last": shape[1:-1],
+                "tokens": layout.grid,
+            }[layout.kind]
+            if len(positions) == probe.ndim - 2 and math.prod(positions) > 1:
+                events.append(_Event(len(events), name, layout.kind, _is_norm(m)))
+
+        handles.append(module.register_forward_hook(hook))
+    with _hooks(handles), torch.no_grad():
+        model(probe)
+    outputs = [e for e in events if e.kind != "start"]
+    for prefix in ("backbone.body.", "backbone."):
+        inside = [e for e in outputs if e.name.startswith(prefix)]
+        if inside:
+            outputs = inside
+            break
+    if not outputs:
+        raise ValueError(
+            f"no layer of {type(model).__name__} outputs a spatial map or a token grid for an input of "
+            f"shape {tuple(x.shape)}; pass layer= explicitly (see `camlens layers`), and reshape= if "
+            "its output is not (B, K, *spatial)"
+        )
+    last = outputs[-1]
+    if last.kind != "tokens":
+        return last.name
+    starts = [e.index for e in events if e.kind == "start"]
+    before = [e for e in outputs if e.kind == "tokens" and (not starts or e.index < starts[-1])]
+    norms = [e for e in before if e.norm]
+    if starts and norms:
+        return norms[-1].name
+    return (before or outputs)[-1].name
 
 
 class LayerCapture:

@@ -20,13 +20,20 @@ from camlens.capture import (
     CaptureError,
     LayerCapture,
     LayerSpec,
-    find_last_spatial_layer,
+    find_default_layer,
     resolve_layers,
 )
 from camlens.maps import eigencam_map, normalize, upsample
 from camlens.reshape import ReshapeFn, to_spatial
 from camlens.result import CAMResult
-from camlens.targets import Resolved, TargetSpec, resolve, select_output, top_k_targets
+from camlens.targets import (
+    Resolved,
+    TargetSpec,
+    accepts_any_output,
+    resolve,
+    select_output,
+    top_k_targets,
+)
 
 __all__ = ["BaseCAM", "MapContext", "ModelError"]
 
@@ -57,7 +64,10 @@ class BaseCAM:
         model: any ``nn.Module``. It is used as it is: camlens never changes its mode, flags or
             parameters, and removes every hook it adds before returning.
         layer: the layer to explain: a dotted name (``"layer4"``), a module, a list of them (one map per
-            layer, fused), or ``None`` to pick the last layer whose output keeps the input's spatial axes.
+            layer, fused), or ``None`` to choose one with :func:`camlens.capture.find_default_layer`:
+            the last layer whose output keeps the input's spatial axes (``layer4`` of a ResNet), inside
+            ``backbone`` for detection and segmentation models, and for transformers the norm before
+            the last attention block (``blocks[-1].norm1`` of a timm ViT).
         output: which part of the model's output holds the scores, when it is not a plain tensor (a key,
             an index or a callable); ``None`` finds logits in tensors, dicts, tuples and HF outputs.
         fuse: how maps of several layers are combined: ``"mean"`` or ``"max"`` of the normalised maps,
@@ -250,7 +260,7 @@ class BaseCAM:
 
     def _find_layer(self, x: Tensor) -> str:
         try:
-            return find_last_spatial_layer(self.model, x)
+            return find_default_layer(self.model, x)
         except ValueError:
             raise
         except Exception as e:
@@ -306,14 +316,16 @@ class BaseCAM:
                 layers, grad=self.needs_grad, record_inputs=self._record_inputs(layers)
             ) as cap,
         ):
-            logits = select_output(self._forward(x), self.output)
+            # a callable target (e.g. BoxTarget) may read an output with no score tensor in it
+            passthrough = not self.uses_target or accepts_any_output(targets)
+            logits = select_output(self._forward(x), self.output, passthrough=passthrough)
             cap.check_called()
             specs: list[Any] = (
                 top_k_targets(targets, logits) if isinstance(targets, str) else targets
             )
             acts = {n: self._to_spatial(n, cap.activations[n], x) for n, _ in layers}
             for i, spec in enumerate(specs):
-                resolved = self._resolve_target(spec, logits)
+                resolved = self._resolve_target(spec, logits, batch=x.shape[0])
                 raws: dict[str, Tensor] = {}
                 grads: dict[str, Tensor] = {}
                 if self.needs_grad:
@@ -335,11 +347,16 @@ class BaseCAM:
                 results.append(self._result(x, raws, grads, resolved, counterfactual, eigen_smooth))
         return results
 
-    def _resolve_target(self, spec: TargetSpec, logits: Tensor) -> Resolved:
-        if not self.uses_target and spec is None and logits.ndim != 2:
-            nan = torch.full((logits.shape[0],), float("nan"), device=logits.device)
-            return Resolved(nan, None)
-        return resolve(spec, logits)
+    def _resolve_target(self, spec: TargetSpec, logits: Any, batch: int | None = None) -> Resolved:
+        if (
+            not self.uses_target
+            and spec is None
+            and not (isinstance(logits, Tensor) and logits.ndim == 2)
+        ):
+            b = batch if batch is not None else logits.shape[0]
+            device = logits.device if isinstance(logits, Tensor) else None
+            return Resolved(torch.full((b,), float("nan"), device=device), None)
+        return resolve(spec, logits, batch=batch)
 
     def _result(
         self,

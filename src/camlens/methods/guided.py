@@ -14,7 +14,7 @@ from camlens.maps import normalize
 from camlens.methods.base import BaseCAM, OutputSelector
 from camlens.methods.gradient import GradCAM
 from camlens.result import CAMResult
-from camlens.targets import TargetSpec, resolve, select_output
+from camlens.targets import TargetSpec, accepts_any_output, resolve, select_output
 
 __all__ = ["GuidedBackprop", "GuidedGradCAM"]
 
@@ -91,7 +91,9 @@ class GuidedBackprop:
                     out = self.model(leaf)
                 except Exception as e:
                     raise BaseCAM._model_error(self, x, e) from e  # type: ignore[arg-type]
-            r = resolve(target, select_output(out, self.output))
+            r = resolve(
+                target, select_output(out, self.output, passthrough=accepts_any_output([target]))
+            )
             (g,) = torch.autograd.grad(r.scores.sum(), leaf)
         return g.detach(), r.scores.detach(), r.classes
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from camlens import maps
 from camlens.capture import LayerSpec
 from camlens.methods.base import BaseCAM, MapContext
-from camlens.targets import ClassTarget, resolve, select_output
+from camlens.targets import ClassTarget, accepts_any_output, resolve, select_output
 
 __all__ = ["AblationCAM", "ScoreCAM"]
 
@@ -112,7 +112,9 @@ class ScoreCAM(BaseCAM):
                     xin = x[i : i + 1] * masks
                     if base is not None:
                         xin = xin + base * (1 - masks)
-                    out = select_output(self.model(xin), self.output)
+                    out = select_output(
+                        self.model(xin), self.output, passthrough=accepts_any_output([score_fn])
+                    )
                     weights[i, idx] = resolve(score_fn, out).scores.float().to(acts.device)
         if ctx.counterfactual:
             weights = -weights
@@ -254,7 +256,11 @@ class AblationCAM(BaseCAM):
                     ]  # (n, K): False at the ablated channel
                     n = keep.shape[0]
                     ablated = raw_act[i : i + 1] * keep.reshape(n, *shape).to(raw_act.dtype)
-                    out = select_output(self._run_head(ctx.x, i, ablated, ctx.layer), self.output)
+                    out = select_output(
+                        self._run_head(ctx.x, i, ablated, ctx.layer),
+                        self.output,
+                        passthrough=accepts_any_output([score_fn]),
+                    )
                     weights[i, start : start + n] = resolve(score_fn, out).scores.float()
         denom = torch.where(y != 0, y, torch.ones_like(y))[:, None]
         weights = (y[:, None] - weights) / denom
