@@ -37,9 +37,19 @@ import torch
 from torch import Tensor, nn
 
 from camlens import metrics
+from camlens.maps import normalize
 from camlens.methods import METHODS, get_method
 
-__all__ = ["COLUMNS", "EvaluationReport", "EvaluationRow", "baseline_maps", "main_table", "run"]
+__all__ = [
+    "BASELINES",
+    "COLUMNS",
+    "EvaluationReport",
+    "EvaluationRow",
+    "baseline_maps",
+    "main_table",
+    "pixel_maps",
+    "run",
+]
 
 #: Report columns: attribute name, header, whether higher is better (``None``: not a score).
 COLUMNS: tuple[tuple[str, str, bool | None], ...] = (
@@ -115,11 +125,13 @@ class EvaluationReport:
     def to_markdown(self) -> str:
         """A markdown section: the settings, the table (:func:`main_table`) and any errors."""
         s = self.settings
+        tol = s.get("tolerance")
+        tol_text = f"{tol:.3g}" if isinstance(tol, int | float) else "?"
         lines = [
             "## camlens evaluation",
             "",
             f"{s.get('n')} images ({s.get('data')}, {s.get('image_size')}), model {s.get('model')} on "
-            f"{s.get('device')}, target = true label. Pointing game tolerance {s.get('tolerance'):.3g} px; "
+            f"{s.get('device')}, target = true label. Pointing game tolerance {tol_text} px; "
             f"box: threshold {s.get('box_threshold')} of the max, largest 8-connected segment, IoU >= 0.5; "
             f"deletion (baseline {s.get('deletion_baseline')}) and insertion (baseline "
             f"{s.get('insertion_baseline')}) with {s.get('steps')} steps, softmax probability of the target.",
@@ -227,6 +239,22 @@ def baseline_maps(
     raise ValueError(f"unknown baseline {kind!r}; use 'uniform' or 'centre gaussian'")
 
 
+def pixel_maps(result: Any, x: Tensor) -> Tensor:
+    """One value per pixel, ``(B, *spatial)`` in ``[0, 1]``, from a method's result on ``x``.
+
+    CAM maps already are. Input-level methods that keep the input channels (guided backpropagation,
+    guided Grad-CAM: ``maps`` of shape ``(B, C, *spatial)``) are reduced as Simonyan et al. 2014
+    (https://arxiv.org/abs/1312.6034) reduce a gradient: the maximum over channels of the absolute
+    signed ``raw`` values, then min-max scaled per sample.
+    """
+    maps = result.maps
+    if maps.ndim == x.ndim and maps.shape[1] == x.shape[1]:
+        raw = getattr(result, "raw", None)
+        src = raw.abs() if isinstance(raw, Tensor) and raw.shape == maps.shape else maps
+        maps = normalize(src.float().amax(1))
+    return maps
+
+
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return torch.device("cpu") if p is None else p.device
@@ -303,6 +331,8 @@ def run(
           (``tolerance=None``; 6.4 px on the 96 px demo images), or the number given.
         * Box accuracy: ground-truth box = the tight box around the mask; threshold 0.15 of the max.
         * Deletion: zeros baseline; insertion: blurred image; ``steps`` steps; softmax probability.
+        * Methods that keep the input channels (guided backpropagation) are reduced to one value per
+          pixel by :func:`pixel_maps` (max over channels of the absolute gradient).
         * Time per image: the maps of each batch, wall clock (CUDA synchronised), divided by its size;
           the first batch includes any warm-up.
 
@@ -413,7 +443,20 @@ def run(
         per_sample[name] = cat
         means = {k: metrics.MetricResult(k, v, 0.0).mean() for k, v in cat.items()}
         ms = 1000.0 * seconds / total if kind == "method" else None
-        rows.append(EvaluationRow(name, kind, **means, ms_per_image=ms, empty_maps=empty))
+        rows.append(
+            EvaluationRow(
+                name,
+                kind,
+                pointing_game=means["pointing_game"],
+                energy_pointing_game=means["energy_pointing_game"],
+                box_accuracy=means["box_accuracy"],
+                deletion_auc=means["deletion_auc"],
+                insertion_auc=means["insertion_auc"],
+                average_drop=means["average_drop"],
+                ms_per_image=ms,
+                empty_maps=empty,
+            )
+        )
 
     for name in names:
         try:
@@ -423,14 +466,13 @@ def run(
             continue
 
         def cam_maps(x: Tensor, y: Tensor, method: Any = method) -> Tensor:
-            return method(x, target=y).maps
+            return pixel_maps(method(x, target=y), x)
 
         evaluate(name, "method", cam_maps)
     for label in BASELINES:
-        kind = label.split(": ", 1)[1]
-        evaluate(
-            label,
-            "baseline",
-            lambda x, y, kind=kind: baseline_maps(kind, x.shape[0], (h, w), x.device),
-        )
+
+        def look_at_nothing(x: Tensor, y: Tensor, kind: str = label.split(": ", 1)[1]) -> Tensor:
+            return baseline_maps(kind, x.shape[0], (h, w), x.device)
+
+        evaluate(label, "baseline", look_at_nothing)
     return EvaluationReport(rows, settings, per_sample)

@@ -58,7 +58,7 @@ _SCORES = ("prob", "logit", "accuracy")
 
 
 def _device_of(model: nn.Module, x: Tensor) -> torch.device:
-    p = next(model.parameters(), None)
+    p: Tensor | None = next(model.parameters(), None)
     if p is None:
         p = next(model.buffers(), None)
     return x.device if p is None else p.device
@@ -564,14 +564,77 @@ def _nli_conv(t: Tensor) -> Tensor:
     return F.conv2d(t, k, padding=1)
 
 
-def _nli_ops(
-    removed: Tensor, c: int, dtype: torch.dtype, conv: Callable[[Tensor], Tensor]
-) -> tuple[Tensor, Tensor]:
-    """``u`` (B*C, 1, H, W): 1 on the unknowns; ``s`` (1, 1, H, W): each pixel's neighbour-weight sum."""
-    _, h, w = removed.shape
-    s = conv(torch.ones(1, 1, h, w, device=removed.device, dtype=dtype))
-    u = removed[:, None].to(dtype).repeat_interleave(c, 0)
-    return u, s
+def _cg(known: Tensor, u: Tensor, x0: Tensor, tol_abs: float, limit: int) -> tuple[Tensor, int]:
+    """Solve the imputation system for ``(N, 1, H, W)`` images by Jacobi-preconditioned CG.
+
+    ``known``: the image with zeros on the unknowns; ``u``: 1 on the unknowns; ``x0``: the start
+    (zero off the unknowns). Every 8 iterations the systems whose largest residual is below
+    ``tol_abs`` are set aside, so the rest run on a smaller batch. Returns the unknowns' values (zero
+    elsewhere) and the iterations run.
+    """
+    _, _, h, w = u.shape
+    s = _neighbour_sum(torch.ones(1, 1, h, w, device=u.device, dtype=u.dtype))
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).sum(dim=(1, 2, 3), keepdim=True)
+
+    tiny = torch.finfo(u.dtype).tiny
+    out = x0.clone()
+    idx = torch.arange(u.shape[0], device=u.device)
+    sol = x0
+    r = u * (_neighbour_sum(known) - s * sol + _neighbour_sum(sol))
+    z = r / s
+    p = z
+    rz = dot(r, z)
+    it = 0
+    while it < limit:
+        if it % 8 == 0:
+            done = r.abs().amax(dim=(1, 2, 3)) <= tol_abs
+            if bool(done.any()):
+                out[idx[done]] = sol[done]
+                keep = ~done
+                if not bool(keep.any()):
+                    return out, it
+                idx, u, sol, r, p, rz = (t[keep] for t in (idx, u, sol, r, p, rz))
+        ap = u * (s * p - _neighbour_sum(p))
+        pap = dot(p, ap)
+        alpha = torch.where(pap > 0, rz / pap.clamp(min=tiny), torch.zeros_like(pap))
+        sol = sol + alpha * p
+        r = r - alpha * ap
+        z = r / s
+        rz_new = dot(r, z)
+        beta = torch.where(rz > 0, rz_new / rz.clamp(min=tiny), torch.zeros_like(rz))
+        p = z + beta * p
+        rz = rz_new
+        it += 1
+    out[idx] = sol
+    return out, it
+
+
+def _coarse_guess(known: Tensor, u: Tensor, tol_abs: float, limit: int) -> Tensor:
+    """A start for CG from the same problem solved at half the resolution, recursively (cascadic CG).
+
+    A coarse pixel is known when any pixel of its 2x2 block is, with their mean value. Only the start
+    changes; the fine system and its tolerance are untouched, so this affects speed, not the answer.
+    On the coarsest level (side < 16) the start is each image's mean of the known pixels.
+    """
+    _, _, h, w = u.shape
+    if min(h, w) < 16:
+        kept = 1 - u
+        mean = known.sum(dim=(1, 2, 3), keepdim=True) / kept.sum(dim=(1, 2, 3), keepdim=True).clamp(
+            min=1
+        )
+        return u * mean
+    kept_c = F.avg_pool2d(1 - u, 2, ceil_mode=True)
+    u_c = (kept_c <= 0).to(u.dtype)
+    known_c = (
+        F.avg_pool2d(known, 2, ceil_mode=True)
+        / kept_c.clamp(min=torch.finfo(u.dtype).tiny)
+        * (1 - u_c)
+    )
+    sol_c, _ = _cg(known_c, u_c, _coarse_guess(known_c, u_c, tol_abs, limit), tol_abs, limit)
+    full_c = known_c + sol_c
+    return u * F.interpolate(full_c, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def linear_imputation_residual(values: Tensor, removed: Tensor) -> Tensor:
@@ -591,7 +654,8 @@ def linear_imputation_residual(values: Tensor, removed: Tensor) -> Tensor:
     """
     b, c, h, w = values.shape
     v = values.reshape(b * c, 1, h, w).double()
-    u, s = _nli_ops(removed.to(values.device), c, torch.float64, _nli_conv)
+    u = removed.to(values.device)[:, None].double().repeat_interleave(c, 0)
+    s = _nli_conv(torch.ones(1, 1, h, w, device=values.device, dtype=torch.float64))
     conv = _nli_conv
     r = u * (s * v - conv(v))
     return r.abs().amax(dim=(1, 2, 3)).reshape(b, c)
@@ -618,10 +682,12 @@ def noisy_linear_imputation(
     at least one pixel is kept, hence positive definite. Instead of the paper's per-image sparse direct
     solve (``scipy.sparse.linalg.spsolve`` in a Python loop) it is solved for all images and channels at
     once by **conjugate gradients with a Jacobi preconditioner**, each matrix product being one 3x3
-    stencil (two separable passes) on the whole batch, started from each image's per-channel mean of the kept pixels and
-    run until the largest residual is below ``tol * max(1, max|x|)`` (checked every 8 iterations) or
-    ``max_iter`` iterations (default ``4 * (H + W)``; CG needs about one iteration per pixel of the
-    widest hole). The solve is in float64 when ``x`` is, else float32.
+    stencil (two separable passes) on the whole batch. CG starts from the same problem solved at half
+    the resolution (recursively, "cascadic" CG, down to a side of 16 pixels, where the start is the
+    mean of the kept pixels) and runs until the largest residual is below ``tol * max(1, max|x|)``
+    (checked every 8 iterations) or ``max_iter`` iterations per level (default ``4 * (H + W)``). The
+    solve is in float64 when ``x`` is, else float32. ``info["residual"]`` reports the residual of the
+    noise-free result, recomputed in float64 with the paper's 3x3 weights.
 
     Args:
         x: ``(B, C, H, W)`` images.
@@ -659,44 +725,12 @@ def noisy_linear_imputation(
         )
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     v = x.detach().reshape(b * c, 1, h, w).to(dtype)
-    conv = _neighbour_sum
-    u, s = _nli_ops(removed, c, dtype, conv)
+    u = removed[:, None].to(dtype).repeat_interleave(c, 0)
     known = v * (1 - u)
-    rhs = u * conv(known)
-
-    def apply(p: Tensor) -> Tensor:  # the system matrix on vectors that are zero off the unknowns
-        return u * (s * p - conv(p))
-
-    def dot(a: Tensor, bb: Tensor) -> Tensor:
-        return (a * bb).sum(dim=(1, 2, 3), keepdim=True)
-
-    n_known = (1 - u).sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)
-    sol = u * (known.sum(dim=(1, 2, 3), keepdim=True) / n_known)
-    r = rhs - apply(sol)
-    z = r / s
-    p = z
-    rz = dot(r, z)
     scale = max(1.0, float(x.detach().abs().max())) if x.numel() else 1.0
     limit = 4 * (h + w) if max_iter is None else max_iter
-    it = 0
-    while it < limit:
-        if it % 8 == 0 and float(r.abs().max()) <= tol * scale:
-            break
-        ap = apply(p)
-        pap = dot(p, ap)
-        alpha = torch.where(
-            pap > 0, rz / pap.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(pap)
-        )
-        sol = sol + alpha * p
-        r = r - alpha * ap
-        z = r / s
-        rz_new = dot(r, z)
-        beta = torch.where(
-            rz > 0, rz_new / rz.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(rz)
-        )
-        p = z + beta * p
-        rz = rz_new
-        it += 1
+    guess = _coarse_guess(known, u, tol * scale, limit)
+    sol, it = _cg(known, u, guess, tol * scale, limit)
     filled = known + sol
     residual = float(linear_imputation_residual(filled.reshape(b, c, h, w), removed).max()) / scale
     if noise_std > 0:

@@ -126,7 +126,7 @@ def _ball_kernel(radius: float, ndim: int, device: torch.device) -> Tensor:
     r = math.floor(radius)
     ax = torch.arange(-r, r + 1, device=device, dtype=torch.float32)
     grids = torch.meshgrid(*([ax] * ndim), indexing="ij")
-    d2 = sum(g * g for g in grids)
+    d2 = torch.stack(grids).pow(2).sum(0)
     return (d2 <= radius * radius + 1e-9).float()[None, None]
 
 
