@@ -71,7 +71,10 @@ class MaskLinear(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.feat = nn.Conv2d(1, 3, 2, stride=2)
-        self.v = nn.Parameter(torch.randn(1, 1, 8, 8))
+        with torch.no_grad():  # positive activations and weights: a map that is not empty
+            self.feat.weight.abs_()
+            self.feat.bias.fill_(0.1)
+        self.v = nn.Parameter(torch.rand(1, 1, 8, 8) - 0.2)
         self.b = nn.Parameter(torch.tensor([0.5, -1.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,22 +83,35 @@ class MaskLinear(nn.Module):
         return torch.cat([s, -s], dim=1) + self.b
 
 
-def test_scorecam_matches_hand_computed_result_on_a_linear_score() -> None:
-    model = MaskLinear().eval()
-    x = torch.rand(2, 1, 8, 8)
-    acts = model.feat(x).detach()  # (2, 3, 4, 4)
-    expected = []
-    for i in range(2):
+def _hand_scorecam(model: MaskLinear, x: torch.Tensor, subtract: bool) -> torch.Tensor:
+    acts = model.feat(x).detach()  # (B, 3, 4, 4)
+    out = []
+    for i in range(x.shape[0]):
         w = []
-        for k in range(3):
+        for k in range(acts.shape[1]):
             m = F.interpolate(
                 acts[i, k][None, None], size=(8, 8), mode="bilinear", align_corners=False
             )[0, 0]
             m = (m - m.min()) / (m.max() - m.min())
-            w.append(float((x[i, 0] * m * model.v[0, 0]).sum() + model.b[1] * 0 + model.b[0]))
-        expected.append(F.relu((torch.tensor(w)[:, None, None] * acts[i]).sum(0)))
+            score = (x[i, 0] * m * model.v[0, 0]).sum() + model.b[0]  # class 0 on the masked input
+            baseline = model.b[0]  # class 0 on the all-zeros image
+            w.append(float(score - baseline) if subtract else float(score))
+        out.append(F.relu((torch.tensor(w)[:, None, None] * acts[i]).sum(0)))
+    return torch.stack(out)
+
+
+def test_scorecam_matches_hand_computed_result_on_a_linear_score() -> None:
+    model = MaskLinear().eval()
+    x = torch.rand(2, 1, 8, 8)
     res = camlens.ScoreCAM(model, layer="feat", batch_size=2)(x, target=0)
-    torch.testing.assert_close(res.raw, torch.stack(expected), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        res.raw, _hand_scorecam(model, x, subtract=True), rtol=1e-4, atol=1e-5
+    )
+    raw = camlens.ScoreCAM(model, layer="feat", subtract_baseline=False)(x, target=0)
+    torch.testing.assert_close(
+        raw.raw, _hand_scorecam(model, x, subtract=False), rtol=1e-4, atol=1e-5
+    )
+    assert float(res.raw.max()) > 0 and not torch.allclose(res.raw, raw.raw)
 
 
 def test_scorecam_top_k_and_batch_size(gapnet: GapNet) -> None:

@@ -133,10 +133,7 @@ class BaseCAM:
 
     def with_model(self, model: nn.Module) -> BaseCAM:
         """The same method and options on another model with the same layer names (e.g. a copy)."""
-        names = None
-        if self._layers is not None:
-            names = [n for n, _ in self._layers]
-        return type(self)(model, layer=names, **self._options())
+        return type(self)(model, layer=self.layer_names, **self._options())
 
     def __call__(
         self,

@@ -39,20 +39,23 @@ class ScoreCAM(BaseCAM):
     r"""Score-CAM (Wang et al., CVPR-W 2020, https://arxiv.org/abs/1910.01279).
 
     Each activation channel, upsampled to the input and min-max normalised to ``[0, 1]``, masks the
-    input; the channel's weight is the target's score on the masked input:
+    input; the channel's weight is its increase of confidence (the paper's CIC, eq. 5): the target's
+    score on the masked input minus its score on the baseline image ``B``:
 
-    .. math:: w_k = y^c\big(X \odot H_k + B \odot (1 - H_k)\big), \qquad L = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big)
+    .. math:: w_k = y^c\big(X \odot H_k + B \odot (1 - H_k)\big) - y^c(B), \qquad
+              L = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big)
 
-    ``y^c`` is the softmax-free score (the logit for class targets); the paper's softmax and its
-    subtraction of the baseline score ``y^c(B)`` are not applied (the subtraction adds
-    ``-y^c(B) \sum_k A^k`` to every map). The baseline ``B`` is zeros by default: masked-out pixels are
-    set to 0, as in the paper. The masked inputs run batched under inference mode.
+    ``y^c`` is the softmax-free score (the logit for class targets), as for every camlens method; the
+    softmax of the paper's code is not applied. The baseline ``B`` is the all-zeros image by default
+    (masked-out pixels are set to 0, as in the paper); ``subtract_baseline=False`` uses the raw scores
+    ``y^c(X \odot H_k + ...)`` instead. The masked inputs run batched under inference mode.
 
     Args:
         batch_size: masked inputs per forward pass; bounds memory.
         top_k: keep only the ``top_k`` channels with the largest mean activation per sample (the rest get
             weight 0). An approximation that trades accuracy for speed; ``None`` (default) uses all.
         baseline: ``"zeros"`` or a tensor broadcastable to one input ``(C, *spatial)``.
+        subtract_baseline: subtract the baseline image's score from each weight (default, as in CIC).
 
     A callable target must score each row of a batch on its own (it sees copies of one sample).
     """
@@ -69,9 +72,11 @@ class ScoreCAM(BaseCAM):
         batch_size: int = 32,
         top_k: int | None = None,
         baseline: str | Tensor = "zeros",
+        subtract_baseline: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
+        self.subtract_baseline = subtract_baseline
         self.batch_size = _check_batch_size(batch_size)
         if top_k is not None and (
             isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
@@ -106,16 +111,25 @@ class ScoreCAM(BaseCAM):
                 if self.top_k is not None:
                     chans = acts[i].flatten(1).mean(1).topk(self.top_k).indices
                 score_fn = _sample_target(ctx, i)
+                pass_any = accepts_any_output([score_fn])
+                base_score = 0.0
+                if self.subtract_baseline:
+                    xb = (
+                        torch.zeros_like(x[i : i + 1])
+                        if base is None
+                        else base.expand_as(x[i : i + 1])
+                    )
+                    out_b = select_output(self.model(xb), self.output, passthrough=pass_any)
+                    base_score = float(resolve(score_fn, out_b).scores[0])
                 for start in range(0, len(chans), self.batch_size):
                     idx = chans[start : start + self.batch_size]
                     masks = maps.normalize(maps.upsample(acts[i, idx], size)).to(x.dtype)[:, None]
                     xin = x[i : i + 1] * masks
                     if base is not None:
                         xin = xin + base * (1 - masks)
-                    out = select_output(
-                        self.model(xin), self.output, passthrough=accepts_any_output([score_fn])
-                    )
-                    weights[i, idx] = resolve(score_fn, out).scores.float().to(acts.device)
+                    out = select_output(self.model(xin), self.output, passthrough=pass_any)
+                    scores = resolve(score_fn, out).scores.float().to(acts.device)
+                    weights[i, idx] = scores - base_score
         if ctx.counterfactual:
             weights = -weights
         return maps.channel_weighted(acts, weights)
