@@ -26,11 +26,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-import torchvision
-import tv_cpu_shim  # noqa: F401  (torchvision CPU import shim; a user's machine does not need it)
-
 import camlens
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+# isort: off
+import tv_cpu_shim  # noqa: F401  (torchvision CPU import shim; a user's machine does not need it)
+import torchvision
+
+# isort: on
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
