@@ -2,9 +2,12 @@
 
 Example:
     >>> from camlens.demo import CLASSES, load_model, make_dataset
-    >>> images, labels, masks = make_dataset(8, seed=1)  # (8, 3, 96, 96), (8,), (8, 96, 96)
+    >>> images, labels, masks = make_dataset(8, seed=1)
     >>> model = load_model()  # DemoNet, eval mode, CPU
-    >>> model(images).argmax(1)  # predicted indices into CLASSES
+    >>> images.shape, labels.shape, masks.shape
+    (torch.Size([8, 3, 96, 96]), torch.Size([8]), torch.Size([8, 96, 96]))
+    >>> bool((model(images).argmax(1) == labels).all())  # it classifies these correctly
+    True
 """
 
 from camlens.demo.data import CLASSES, make_dataset
