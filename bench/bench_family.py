@@ -1,6 +1,6 @@
 """Ablation-CAM and Score-CAM: camlens against pytorch-grad-cam, side by side in one run.
 
-Both libraries explain the same torchvision ResNet-50 (random weights, seed 0, eval mode) at ``layer4``
+Both libraries explain the same torchvision ResNet (``--arch``, default ResNet-50; random weights, seed 0, eval mode) at ``layer4``
 on the same 224x224 image(s), for class 281, on the CPU:
 
 * Ablation-CAM: pytorch-grad-cam re-runs the *whole* network for every batch of ablated channels;
@@ -54,6 +54,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-scorecam", action="store_true")
+    ap.add_argument("--only", choices=["ablation", "scorecam"], default=None)
+    ap.add_argument(
+        "--arch", default="resnet50", help="torchvision ResNet name (layer4 is explained)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -61,11 +65,11 @@ def main() -> None:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     torch.manual_seed(0)
-    model = torchvision.models.resnet50().eval()
+    model = getattr(torchvision.models, args.arch)().eval()
     x = torch.rand(args.images, 3, 224, 224)
     target = 281
     print(
-        f"# camlens {camlens.__version__} vs pytorch-grad-cam, ResNet-50 (random weights) layer4, 224x224"
+        f"# camlens {camlens.__version__} vs pytorch-grad-cam, {args.arch} (random weights) layer4, 224x224"
     )
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
@@ -87,8 +91,10 @@ def main() -> None:
     small = torch.rand(1, 3, 64, 64)
     camlens.AblationCAM(model, layer="layer4", batch_size=args.batch_size)(small, target=target)
 
-    methods = [("Ablation-CAM", "AblationCAM")]
-    if not args.skip_scorecam:
+    methods = []
+    if args.only in (None, "ablation"):
+        methods.append(("Ablation-CAM", "AblationCAM"))
+    if args.only in (None, "scorecam") and not args.skip_scorecam:
         methods.append(("Score-CAM", "ScoreCAM"))
     for label, cls_name in methods:
         ours_cam = getattr(camlens, cls_name)(model, layer="layer4", batch_size=args.batch_size)
