@@ -349,7 +349,7 @@ class LayerCapture:
             if n > 1:
                 warnings.warn(
                     f"layer {name!r} ran {n} times in one forward; camlens explains its last call",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
 
     def gradients(self, score: Tensor, *, retain_graph: bool = False) -> dict[str, Tensor]:

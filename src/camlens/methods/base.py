@@ -284,7 +284,7 @@ class BaseCAM:
                 f"{type(self.model).__name__} is in training mode: BatchNorm uses batch statistics (and "
                 "updates its running ones) and Dropout is random, so maps differ from run to run; call "
                 "model.eval() first unless this is intended",
-                stacklevel=4,
+                stacklevel=5,
             )
 
     def _to_spatial(self, name: str, t: Tensor, x: Tensor) -> Tensor:
@@ -405,7 +405,7 @@ class BaseCAM:
                 )
             warnings.warn(
                 f"{self.name}: the map of layer {n!r} is all zero for samples {idx}: {cause}",
-                stacklevel=5,
+                stacklevel=6,
             )
 
 
