@@ -792,8 +792,7 @@ def _demo_maps(
 
     A method that fails is recorded with its error (and a warning) instead of ending the demo.
     """
-    import torch
-
+    from camlens.maps import upsample
     from camlens.report import energy_inside
 
     per_method: dict[str, dict[str, Any]] = {}
@@ -806,9 +805,7 @@ def _demo_maps(
                 dt = time.perf_counter() - t0
                 scored = _energy_map(res)
                 if scored.shape[-2:] != masks.shape[-2:]:
-                    scored = torch.nn.functional.interpolate(
-                        scored[:, None], size=masks.shape[-2:], mode="bilinear"
-                    )[:, 0]
+                    scored = upsample(scored, masks.shape[-2:])
                 per_method[m] = {
                     "maps": res.maps.detach().float().cpu(),
                     "seconds": dt,
