@@ -27,6 +27,12 @@ class CAMResult:
         method: the method's registry name, e.g. ``"gradcam"``.
         per_layer: layer name -> ``(B, *input_spatial)`` normalised map of that layer.
         raw_per_layer: layer name -> ``(B, *layer_spatial)`` raw map of that layer.
+        input_maps: for methods that explain the input itself (guided backpropagation, Guided
+            Grad-CAM): the signed ``(B, C, *input_spatial)`` attribution with the input's channels;
+            ``maps`` is then its reduction to one value per position
+            (:func:`camlens.maps.input_saliency`). ``None`` for layer methods.
+        details: how the result was computed, where a method has a choice to report (for example
+            Ablation-CAM's ``{"split": "fx"}`` or ``{"split": "hook"}``).
     """
 
     maps: Tensor
@@ -37,6 +43,8 @@ class CAMResult:
     method: str
     per_layer: dict[str, Tensor] = field(default_factory=dict)
     raw_per_layer: dict[str, Tensor] = field(default_factory=dict)
+    input_maps: Tensor | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
