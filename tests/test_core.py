@@ -13,9 +13,13 @@ import camlens
 from camlens import maps
 from conftest import ConvHead, GapNet, hook_count, out_of_place_copy
 
-# the layer methods (same constructor and CAMResult layout); guided backprop works at the input
-ALL = [c for c in camlens.METHODS.values() if issubclass(c, camlens.BaseCAM)]
-GUIDED = [camlens.GuidedBackprop, camlens.GuidedGradCAM]
+ALL = list(camlens.METHODS.values())
+GUIDED = [c for c in ALL if c.input_space]
+
+
+def layer_of(cls: type, name: str = "features") -> str | None:
+    """The layer argument for a method: input-space methods without a layer take none."""
+    return name if cls.takes_layer else None
 
 
 def reference_acts_grads(model: nn.Module, layer: nn.Module, x: torch.Tensor, cls: torch.Tensor):
@@ -156,6 +160,8 @@ def test_every_method_matches_reference_formula_from_full_autograd(
         pytest.skip("CAM needs a GAP head; covered by the identity tests")
     if cls in (camlens.ScoreCAM, camlens.AblationCAM):
         pytest.skip("perturbation methods have closed-form tests in test_family.py")
+    if cls.input_space:
+        pytest.skip("input-space methods have module-swap references in test_family.py")
     x = torch.rand(2, 3, 12, 12)
     target = torch.tensor([2, 0])
     a, g = reference_acts_grads(convhead, convhead.body, x, target)
@@ -195,9 +201,10 @@ def test_every_method_every_dimension(cls: type, dims: int) -> None:
     size = {1: 40, 2: 20, 3: 10}[dims]
     x = torch.rand(2, 3, *([size] * dims))
     res = cls(net)(x, target=1)
-    assert res.layer == "features"
+    assert res.layer == ("features" if cls.takes_layer else "input")
     assert res.maps.shape == (2, *([size] * dims)) and res.maps.dtype == torch.float32
-    assert res.raw.shape == (2, *([size // 2] * dims))
+    raw_size = size if cls.input_space else size // 2
+    assert res.raw.shape == (2, *([raw_size] * dims))
     assert float(res.maps.min()) >= 0.0 and float(res.maps.max()) <= 1.0
     assert float(res.raw.min()) >= 0.0
     assert res.scores.shape == (2,) and res.targets is not None and res.targets.tolist() == [1, 1]
@@ -208,9 +215,9 @@ def test_every_method_every_dimension(cls: type, dims: int) -> None:
 def test_batched_equals_per_sample(cls: type, gapnet: GapNet) -> None:
     x = torch.rand(4, 3, 16, 16)
     target = [0, 3, 1, 4]
-    batch = cls(gapnet, layer="features")(x, target=target)
+    batch = cls(gapnet, layer=layer_of(cls))(x, target=target)
     for i in range(4):
-        one = cls(gapnet, layer="features")(x[i : i + 1], target=target[i])
+        one = cls(gapnet, layer=layer_of(cls))(x[i : i + 1], target=target[i])
         torch.testing.assert_close(batch.raw[i], one.raw[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(batch.maps[i], one.maps[0], rtol=1e-4, atol=1e-5)
 
@@ -272,7 +279,7 @@ def test_model_left_untouched(cls: type, gapnet: GapNet) -> None:
             cls(gapnet)(x, target=0)
             assert torch.is_grad_enabled() is grad_mode
     with torch.inference_mode():
-        cls(gapnet, layer="features")(x, target=0)
+        cls(gapnet, layer=layer_of(cls))(x, target=0)
     assert hook_count(gapnet) == before == 0
     assert not gapnet.training
     assert [p.requires_grad for p in gapnet.parameters()] == flags
@@ -395,8 +402,10 @@ def test_guided_methods_every_dimension_and_model_untouched(cls: type, dims: int
     size = {1: 40, 2: 20, 3: 10}[dims]
     x = torch.rand(2, 3, *([size] * dims))
     res = cls(net)(x, target=[1, 2])
-    assert res.maps.shape == res.raw.shape == (2, 3, *([size] * dims))
-    assert float(res.maps.min()) >= 0.0 and float(res.maps.max()) == 1.0
+    assert res.maps.shape == res.raw.shape == (2, *([size] * dims))
+    assert res.input_maps is not None and res.input_maps.shape == (2, 3, *([size] * dims))
+    torch.testing.assert_close(res.raw, res.input_maps.abs().amax(1))
+    assert float(res.maps.min()) == 0.0 and float(res.maps.max()) == 1.0
     assert res.targets.tolist() == [1, 2]
     assert hook_count(net) == 0 and all(p.grad is None for p in net.parameters())
     assert torch.is_grad_enabled()

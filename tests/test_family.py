@@ -27,7 +27,7 @@ def test_ablation_fx_split_equals_hook_fallback(arch: str) -> None:
     fx = camlens.AblationCAM(model, layer=layer, split="fx", batch_size=50)
     hook = camlens.AblationCAM(model, layer=layer, split="hook", batch_size=64)
     a, b = fx(x, target=[1, 4]), hook(x, target=[1, 4])
-    assert (fx.split_used, hook.split_used) == ("fx", "hook")
+    assert (a.details["split"], b.details["split"]) == ("fx", "hook")
     torch.testing.assert_close(a.raw, b.raw, rtol=1e-4, atol=1e-5 * float(b.raw.max()))
     assert float(a.raw.max()) > 0
     assert hook_count(model) == 0
@@ -57,7 +57,7 @@ def test_ablation_falls_back_to_hook_when_fx_cannot_trace() -> None:
     net = Dynamic().eval()
     cam = camlens.AblationCAM(net, layer="features")
     res = cam(torch.rand(1, 3, 16, 16), target=0)
-    assert cam.split_used == "hook" and res.maps.shape == (1, 16, 16)
+    assert res.details["split"] == "hook" and res.maps.shape == (1, 16, 16)
     with pytest.raises(ValueError, match="split='hook'"):
         camlens.AblationCAM(net, layer="features", split="fx")(torch.rand(1, 3, 16, 16), target=0)
 
@@ -162,8 +162,13 @@ def test_guided_backprop_matches_module_swap_reference_and_leaves_model_intact()
     ref_model(xr)[:, 3].sum().backward()
     ours = camlens.GuidedBackprop(model)(x, target=3)
     assert all(p.grad is None for p in model.parameters())  # only the input gradient was computed
-    assert ours.raw.shape == (2, 3, 32, 32) and ours.maps.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(ours.raw, xr.grad, rtol=1e-4, atol=1e-6 * float(xr.grad.abs().max()))
+    assert ours.input_maps.shape == (2, 3, 32, 32) and ours.maps.shape == (2, 32, 32)
+    torch.testing.assert_close(
+        ours.input_maps, xr.grad, rtol=1e-4, atol=1e-6 * float(xr.grad.abs().max())
+    )
+    # one value per pixel: max over channels of |gradient| (Simonyan et al. 2014), min-max scaled
+    torch.testing.assert_close(ours.raw, xr.grad.abs().amax(1))
+    torch.testing.assert_close(ours.maps, maps.normalize(xr.grad.abs().amax(1)))
     # guided gradients differ from plain gradients, and the model still gives plain ones afterwards
     x2 = x.clone().requires_grad_(True)
     out = model(x2)
@@ -190,7 +195,7 @@ def test_guided_backprop_handles_functional_relu() -> None:
     xr = x.clone().requires_grad_(True)
     h = _RefGuidedReLU.apply(m.c(xr))
     m.fc(h.mean((2, 3)))[:, 1].sum().backward()
-    torch.testing.assert_close(camlens.GuidedBackprop(m)(x, target=1).raw, xr.grad)
+    torch.testing.assert_close(camlens.GuidedBackprop(m)(x, target=1).input_maps, xr.grad)
 
 
 def test_guided_gradcam_is_product_of_guided_backprop_and_gradcam(gapnet: GapNet) -> None:
@@ -198,9 +203,10 @@ def test_guided_gradcam_is_product_of_guided_backprop_and_gradcam(gapnet: GapNet
     gg = camlens.GuidedGradCAM(gapnet, layer="features")(x, target=[1, 2])
     gb = camlens.GuidedBackprop(gapnet)(x, target=[1, 2])
     gc = camlens.GradCAM(gapnet, layer="features")(x, target=[1, 2])
-    torch.testing.assert_close(gg.raw, gb.raw * gc.maps[:, None])
-    assert gg.maps.shape == (2, 3, 16, 16)
-    assert float(gg.maps.min()) >= 0 and float(gg.maps.max()) <= 1
+    torch.testing.assert_close(gg.input_maps, gb.input_maps * gc.maps[:, None])
+    torch.testing.assert_close(gg.raw, (gb.input_maps * gc.maps[:, None]).abs().amax(1))
+    assert gg.maps.shape == (2, 16, 16) and gg.layer == "features"
+    assert float(gg.maps.min()) == 0 and float(gg.maps.max()) == 1
 
 
 # ---- smoothing -----------------------------------------------------------------------------------

@@ -147,7 +147,8 @@ def test_box_targets_on_faster_rcnn(faster_rcnn: nn.Module) -> None:
     finally:
         h.remove()
     assert len(calls) == 2  # one probe forward to choose the layer, then one forward for all boxes
-    assert cam.layer_names == ["backbone.body.layer4"]
+    assert cam.layer_names is None  # chosen per input shape
+    assert [r.layer for r in results] == ["backbone.body.layer4"] * 2
     boxes, labels, scores = dets[0]["boxes"], dets[0]["labels"], dets[0]["scores"]
     iou = _box_iou(boxes, boxes)
     for i, (res, target) in enumerate(zip(results, targets, strict=True)):

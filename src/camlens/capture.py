@@ -1,19 +1,33 @@
-"""Record activations (and gradients) at named layers, with hooks that live only inside a ``with``.
+"""Record activations (and gradients) at named layers, with hooks that belong to one call.
 
-The fast path (see DESIGN.md): the forward starts with gradients off, so nothing before the first
+**The fast path** (see DESIGN.md): the forward starts with gradients off, so nothing before the first
 captured layer is recorded by autograd. That layer's output is detached into a leaf that requires
 grad, gradients are switched on for the rest of the forward, and the next module receives a *clone*
 of the leaf, so an in-place op downstream (``ReLU(inplace=True)``) can neither corrupt the captured
 activation nor fail on a leaf. ``torch.autograd.grad(score, activations)`` then differentiates only
 the head after the layer and accumulates no parameter gradient. The caller's grad mode is restored on
 exit and every hook is removed, also when the forward raises.
+
+**Calls own their hooks.** A hook lives on a module, which every thread running the model shares,
+but a capture belongs to the call that opened it. Each ``with`` block opens a *scope*, held in a
+:class:`contextvars.ContextVar`; its hooks act only while their scope is the active one of the
+context they fire in, and otherwise return at once. Threads (and asyncio tasks) each have their own
+context, so concurrent calls on one model, through one method object or several, record exactly
+their own forward and never see each other's. A method's own extra forwards (Score-CAM's masked
+inputs, Ablation-CAM's heads) run inside :func:`paused`, where no scope is active, so no capture
+records them. Nothing blocks: two threads run their forwards at the same time (torch releases the
+GIL inside its kernels); ``bench/bench_gradcam.py`` measures what that gives. A model whose forward
+hands work to threads of its own (rare outside ``DataParallel``) is not seen by the hooks there.
 """
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import math
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,17 +36,113 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from camlens._structure import structure_key
 from camlens.reshape import infer_layout
 
 __all__ = [
     "CaptureError",
     "LayerCapture",
+    "default_layer",
     "find_default_layer",
     "find_last_spatial_layer",
+    "layer_gradients",
+    "owned_hooks",
+    "paused",
     "resolve_layers",
+    "structure_key",
+    "substitute_output",
 ]
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
+
+
+# ---- call-owned hooks --------------------------------------------------------------------------------
+
+#: The scope whose hooks may act in the current context (thread or task); ``None``: no capture.
+_ACTIVE: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "camlens_active_scope", default=None
+)
+
+
+class _Scope:
+    """The identity of one ``with`` block that registered hooks."""
+
+    __slots__ = ()
+
+
+@contextmanager
+def owned_hooks() -> Iterator[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """Open a scope; yields ``own(hook)``, which wraps a hook to act only inside this scope.
+
+    The wrapped hook returns ``None`` (no effect) when it fires in another thread, in another task, or
+    while the scope is :func:`paused`. Register wrapped hooks only inside the ``with`` block, and
+    remove them before it ends.
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> seen = []
+        >>> with owned_hooks() as own:
+        ...     h = lin.register_forward_hook(own(lambda m, i, o: seen.append("in scope")))
+        ...     _ = lin(torch.ones(1, 2))
+        ...     with paused():
+        ...         _ = lin(torch.ones(1, 2))   # an internal forward: the hook does nothing
+        ...     h.remove()
+        >>> seen
+        ['in scope']
+    """
+    scope = _Scope()
+    token = _ACTIVE.set(scope)
+
+    def own(hook: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any) -> Any:
+            if _ACTIVE.get() is not scope:
+                return None
+            return hook(*args)
+
+        return guarded
+
+    try:
+        yield own
+    finally:
+        _ACTIVE.reset(token)
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """Run forwards that no capture of this context may record (a method's internal passes)."""
+    token = _ACTIVE.set(None)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+@contextmanager
+def _registered(handles: list[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        handles.clear()
+
+
+@contextmanager
+def substitute_output(module: nn.Module, value: Tensor) -> Iterator[None]:
+    """Replace ``module``'s output by ``value`` in the forwards of this block, in this context only.
+
+    A tuple output (Hugging Face blocks) keeps its other elements. Other threads running the model
+    meanwhile are not affected.
+    """
+    with owned_hooks() as own:
+
+        def hook(_m: nn.Module, _i: Any, output: Any) -> Any:
+            _, rebuild = _first_tensor(output)
+            return rebuild(value)
+
+        handles = [module.register_forward_hook(own(hook))]
+        with _registered(handles):
+            yield
 
 
 class CaptureError(ValueError):
@@ -97,16 +207,6 @@ def resolve_layers(model: nn.Module, layer: LayerSpec) -> list[tuple[str, nn.Mod
     return out
 
 
-@contextmanager
-def _hooks(handles: list[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        handles.clear()
-
-
 def find_last_spatial_layer(
     model: nn.Module, x: Tensor, is_candidate: Callable[[Tensor], bool] | None = None
 ) -> str:
@@ -121,20 +221,21 @@ def find_last_spatial_layer(
     """
     order: list[str] = []
     ok = is_candidate or (lambda t: t.ndim == x.ndim and t.shape[2:].numel() > 1)
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m: nn.Module, _i: Any, output: Any, name: str = name) -> None:
-            t, _ = _first_tensor(output)
-            if t is not None and ok(t):
-                order.append(name)
-
-        handles.append(module.register_forward_hook(hook))
     probe = x if model.training else x[:1]
-    with _hooks(handles), torch.no_grad():
-        model(probe)
+    with owned_hooks() as own:
+        handles = []
+        for name, module in model.named_modules():
+            if not name:
+                continue
+
+            def hook(_m: nn.Module, _i: Any, output: Any, name: str = name) -> None:
+                t, _ = _first_tensor(output)
+                if t is not None and ok(t):
+                    order.append(name)
+
+            handles.append(module.register_forward_hook(own(hook)))
+        with _registered(handles), torch.no_grad():
+            model(probe)
     if not order:
         raise ValueError(
             f"no layer of {type(model).__name__} outputs a spatial map for an input of shape "
@@ -196,41 +297,47 @@ def find_default_layer(model: nn.Module, x: Tensor) -> str:
 
     probe = x if model.training else x[:1]
     events: list[_Event] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-        if _is_attention(module):
 
-            def pre_hook(_m: nn.Module, _i: Any, name: str = name) -> None:
-                events.append(_Event(len(events), name, "start"))
+    def pre_hook(_m: nn.Module, _i: Any, name: str) -> None:
+        events.append(_Event(len(events), name, "start"))
 
-            handles.append(module.register_forward_pre_hook(pre_hook))
-        if inside_attention(name):
-            continue
+    def hook(m: nn.Module, output: Any, name: str) -> None:
+        t, _ = _first_tensor(output)
+        if t is None:
+            return
+        try:
+            layout = infer_layout(
+                tuple(t.shape), tuple(probe.shape), model=model, name=name, module=m
+            )
+        except ValueError:
+            return
+        shape = tuple(t.shape)
+        positions = {
+            "spatial": shape[2:],
+            "channels_last": shape[1:-1],
+            "tokens": layout.grid,
+        }[layout.kind]
+        if len(positions) == probe.ndim - 2 and math.prod(positions) > 1:
+            events.append(_Event(len(events), name, layout.kind, _is_norm(m)))
 
-        def hook(m: nn.Module, _i: Any, output: Any, name: str = name) -> None:
-            t, _ = _first_tensor(output)
-            if t is None:
-                return
-            try:
-                layout = infer_layout(
-                    tuple(t.shape), tuple(probe.shape), model=model, name=name, module=m
+    with owned_hooks() as own:
+        handles = []
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            if _is_attention(module):
+                handles.append(
+                    module.register_forward_pre_hook(
+                        own(lambda m, i, name=name: pre_hook(m, i, name))
+                    )
                 )
-            except ValueError:
-                return
-            shape = tuple(t.shape)
-            positions = {
-                "spatial": shape[2:],
-                "channels_last": shape[1:-1],
-                "tokens": layout.grid,
-            }[layout.kind]
-            if len(positions) == probe.ndim - 2 and math.prod(positions) > 1:
-                events.append(_Event(len(events), name, layout.kind, _is_norm(m)))
-
-        handles.append(module.register_forward_hook(hook))
-    with _hooks(handles), torch.no_grad():
-        model(probe)
+            if inside_attention(name):
+                continue
+            handles.append(
+                module.register_forward_hook(own(lambda m, i, o, name=name: hook(m, o, name)))
+            )
+        with _registered(handles), torch.no_grad():
+            model(probe)
     outputs = [e for e in events if e.kind != "start"]
     for prefix in ("backbone.body.", "backbone."):
         inside = [e for e in outputs if e.name.startswith(prefix)]
@@ -254,8 +361,38 @@ def find_default_layer(model: nn.Module, x: Tensor) -> str:
     return (before or outputs)[-1].name
 
 
+_DEFAULTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def default_layer(model: nn.Module, x: Tensor) -> str:
+    """:func:`find_default_layer` for this input's shape, remembered while the model is unchanged.
+
+    The choice is cached per model under its :func:`structure_key`, the input's shape without the batch
+    axis, its dtype and device, and the model's mode; an input of another shape, or a submodule added,
+    removed or replaced, gets a fresh choice.
+    """
+    key = (structure_key(model), tuple(x.shape[1:]), x.dtype, x.device, model.training)
+    with _DEFAULTS_LOCK:
+        known = _DEFAULTS.get(model, {}).get(key)
+    if known is not None:
+        return known
+    name = find_default_layer(model, x)
+    with _DEFAULTS_LOCK:
+        per_model = _DEFAULTS.setdefault(model, {})
+        if len(per_model) > 64:  # many shapes or structures over time: forget the old ones
+            per_model.clear()
+        per_model[key] = name
+    return name
+
+
 class LayerCapture:
-    """Context manager that records the outputs of ``layers`` during one forward.
+    """Context manager that records the outputs of ``layers`` during the forwards of its block.
+
+    Its hooks belong to this block: forwards of the same model in other threads or tasks, and forwards
+    run inside :func:`paused`, are not recorded (see the module docstring).
 
     Args:
         layers: ``(name, module)`` pairs, e.g. from :func:`resolve_layers`.
@@ -283,6 +420,7 @@ class LayerCapture:
         self.inputs: dict[str, Tensor] = {}
         self.calls: dict[str, int] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._scope: Any = None
         self._prev_grad = True
 
     def _make_hook(self, name: str) -> Callable[..., Any]:
@@ -317,24 +455,31 @@ class LayerCapture:
 
     def __enter__(self) -> LayerCapture:
         self._prev_grad = torch.is_grad_enabled()
+        self._scope = owned_hooks()
+        own = self._scope.__enter__()
         try:
             for name, module in self.layers:
-                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+                self._handles.append(module.register_forward_hook(own(self._make_hook(name))))
             for name, module in self.record_inputs:
-                self._handles.append(module.register_forward_pre_hook(self._make_input_hook(name)))
+                self._handles.append(
+                    module.register_forward_pre_hook(own(self._make_input_hook(name)))
+                )
         except BaseException:
-            self._remove()
+            self._close()
             raise
         torch.set_grad_enabled(False)
         return self
 
-    def _remove(self) -> None:
+    def _close(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._scope is not None:
+            scope, self._scope = self._scope, None
+            scope.__exit__(None, None, None)
 
     def __exit__(self, *exc: object) -> None:
-        self._remove()
+        self._close()
         torch.set_grad_enabled(self._prev_grad)
 
     def check_called(self) -> None:
@@ -353,23 +498,34 @@ class LayerCapture:
                 )
 
     def gradients(self, score: Tensor, *, retain_graph: bool = False) -> dict[str, Tensor]:
-        """Gradients of ``score.sum()`` with respect to each captured activation.
+        """Gradients of ``score.sum()`` with respect to each captured activation; see :func:`layer_gradients`."""
+        return layer_gradients(
+            score, {n: self.activations[n] for n, _ in self.layers}, retain_graph=retain_graph
+        )
 
-        Samples are independent in eval mode, so the gradient of the sum at sample ``b`` is the gradient
-        of that sample's own score. A layer the score does not depend on gets zeros.
-        """
-        names = [n for n, _ in self.layers]
-        acts = [self.activations[n] for n in names]
-        if not score.requires_grad:
-            raise ValueError(
-                f"the target score does not depend on layer(s) {names}: the output is not computed from "
-                "them, or the target callable detached it; choose a layer before the output"
-            )
-        with torch.enable_grad():
-            grads = torch.autograd.grad(
-                score.sum(), acts, retain_graph=retain_graph, allow_unused=True
-            )
-        return {
-            n: (g if g is not None else torch.zeros_like(a))
-            for n, a, g in zip(names, acts, grads, strict=True)
-        }
+
+def layer_gradients(
+    score: Tensor, activations: dict[str, Tensor], *, retain_graph: bool = False
+) -> dict[str, Tensor]:
+    """Gradients of ``score.sum()`` with respect to each activation, by ``torch.autograd.grad``.
+
+    Samples are independent in eval mode, so the gradient of the sum at sample ``b`` is the gradient of
+    that sample's own score. An activation the score does not depend on gets zeros. No parameter's
+    ``.grad`` is touched.
+
+    Raises:
+        ValueError: the score does not depend on any of the activations.
+    """
+    names = list(activations)
+    if not score.requires_grad:
+        raise ValueError(
+            f"the target score does not depend on layer(s) {names}: the output is not computed from "
+            "them, or the target callable detached it; choose a layer before the output"
+        )
+    acts = [activations[n] for n in names]
+    with torch.enable_grad():
+        grads = torch.autograd.grad(score.sum(), acts, retain_graph=retain_graph, allow_unused=True)
+    return {
+        n: (g if g is not None else torch.zeros_like(a))
+        for n, a, g in zip(names, acts, grads, strict=True)
+    }

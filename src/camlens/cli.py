@@ -424,13 +424,9 @@ def _logits(model: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _render_map(view: torch.Tensor, cam_map: torch.Tensor, colormap: str, alpha: float) -> Any:
-    """An overlay for a ``(H, W)`` map; a ``(C, H, W)`` map (input-channel maps) shown as an image."""
+    """An overlay of a ``(H, W)`` map on the image the model saw."""
     from camlens import viz
 
-    if cam_map.ndim == 3:
-        if cam_map.shape[0] == 3:
-            return viz.to_pil(cam_map.clamp(0, 1))
-        return viz.heatmap(cam_map.mean(0), colormap=colormap)
     return viz.overlay(view, cam_map, colormap=colormap, alpha=alpha)
 
 
@@ -505,22 +501,7 @@ def _run_method(
     """One result per class rank (``top-K``) or a single result."""
     if target.top_k is None:
         return [cam(x, target=target.index)]
-    if hasattr(cam, "for_targets"):
-        return cam.for_targets(x, f"top-{target.top_k}")
-    from camlens.targets import top_k_targets
-
-    return [cam(x, target=t.classes) for t in top_k_targets(f"top-{target.top_k}", logits)]
-
-
-def _energy_map(res: CAMResult) -> torch.Tensor:
-    """The ``(B, H, W)`` non-negative map whose energy is scored: the map itself, or for maps with the
-    input's channels (guided methods, min-max scaled around a non-zero middle) ``|raw|`` summed over channels."""
-    if res.maps.ndim == 4:
-        raw = res.raw
-        if raw.ndim == 4 and raw.shape[-2:] == res.maps.shape[-2:]:
-            return raw.detach().abs().sum(1).float().cpu()
-        return res.maps.detach().float().mean(1).cpu()
-    return res.maps.detach().float().cpu()
+    return cam.for_targets(x, f"top-{target.top_k}")
 
 
 # --------------------------------------------------------------------------- methods
@@ -803,7 +784,7 @@ def _demo_maps(
                 t0 = time.perf_counter()
                 res = cam(x)
                 dt = time.perf_counter() - t0
-                scored = _energy_map(res)
+                scored = res.maps.detach().float().cpu()
                 if scored.shape[-2:] != masks.shape[-2:]:
                     scored = upsample(scored, masks.shape[-2:])
                 per_method[m] = {
@@ -918,8 +899,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"about the object's area, {100 * area:.0f}% here.",
         ],
         notes=[
-            "Methods whose maps have the image's channels (guided backprop) are shown as images; their "
-            "energy is that of |gradient| summed over the channels.",
+            "Input-space methods (guided backprop, Guided Grad-CAM) are shown and scored as one value per "
+            "pixel: the largest absolute attribution over the image's channels.",
             "Time per image: the method's wall time on the whole batch divided by its size, after one "
             "warm-up forward pass.",
             f"Files: {out}/NN_class.METHOD.png for every map, NN_class.input.png for the inputs.",

@@ -37,7 +37,6 @@ import torch
 from torch import Tensor, nn
 
 from camlens import metrics
-from camlens.maps import normalize
 from camlens.methods import METHODS, get_method
 
 __all__ = [
@@ -47,7 +46,6 @@ __all__ = [
     "EvaluationRow",
     "baseline_maps",
     "main_table",
-    "pixel_maps",
     "run",
 ]
 
@@ -239,22 +237,6 @@ def baseline_maps(
     raise ValueError(f"unknown baseline {kind!r}; use 'uniform' or 'centre gaussian'")
 
 
-def pixel_maps(result: Any, x: Tensor) -> Tensor:
-    """One value per pixel, ``(B, *spatial)`` in ``[0, 1]``, from a method's result on ``x``.
-
-    CAM maps already are. Input-level methods that keep the input channels (guided backpropagation,
-    guided Grad-CAM: ``maps`` of shape ``(B, C, *spatial)``) are reduced as Simonyan et al. 2014
-    (https://arxiv.org/abs/1312.6034) reduce a gradient: the maximum over channels of the absolute
-    signed ``raw`` values, then min-max scaled per sample.
-    """
-    maps = result.maps
-    if maps.ndim == x.ndim and maps.shape[1] == x.shape[1]:
-        raw = getattr(result, "raw", None)
-        src = raw.abs() if isinstance(raw, Tensor) and raw.shape == maps.shape else maps
-        maps = normalize(src.float().amax(1))
-    return maps
-
-
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return torch.device("cpu") if p is None else p.device
@@ -331,8 +313,9 @@ def run(
           (``tolerance=None``; 6.4 px on the 96 px demo images), or the number given.
         * Box accuracy: ground-truth box = the tight box around the mask; threshold 0.15 of the max.
         * Deletion: zeros baseline; insertion: blurred image; ``steps`` steps; softmax probability.
-        * Methods that keep the input channels (guided backpropagation) are reduced to one value per
-          pixel by :func:`pixel_maps` (max over channels of the absolute gradient).
+        * Input-space methods (guided backpropagation, Guided Grad-CAM) are scored on their ``maps``,
+          one value per pixel like every method's (:func:`camlens.maps.input_saliency`: the max over
+          channels of the absolute attribution).
         * Time per image: the maps of each batch, wall clock (CUDA synchronised), divided by its size;
           the first batch includes any warm-up.
 
@@ -466,7 +449,7 @@ def run(
             continue
 
         def cam_maps(x: Tensor, y: Tensor, method: Any = method) -> Tensor:
-            return pixel_maps(method(x, target=y), x)
+            return method(x, target=y).maps
 
         evaluate(name, "method", cam_maps)
     for label in BASELINES:

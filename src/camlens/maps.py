@@ -27,15 +27,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "ablation_weights",
     "channel_weighted",
     "eigencam_map",
     "gradcam_weights",
     "gradcampp_weights",
     "hirescam_map",
     "hirescam_terms",
+    "input_saliency",
     "layercam_map",
     "layercam_terms",
     "normalize",
+    "scorecam_weights",
     "upsample",
     "weighted_sum",
     "xgradcam_weights",
@@ -249,6 +252,82 @@ def eigencam_map(acts: Tensor) -> Tensor:
     energy = energy - energy.mean(dim=1, keepdim=True)
     sign = torch.where((proj * energy).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj)
     return (proj * sign).to(acts.dtype).reshape(b, *spatial)
+
+
+def scorecam_weights(masked_scores: Tensor, baseline_scores: Tensor | float = 0.0) -> Tensor:
+    r"""Score-CAM channel weights: each channel's increase of confidence (CIC).
+
+    .. math:: w_k = y^c\big(X \odot H_k + B \odot (1 - H_k)\big) - y^c(B)
+
+    where ``H_k`` is channel ``k`` upsampled to the input and min-max scaled to ``[0, 1]``, and ``B``
+    the baseline image. Wang et al. 2020, eq. 5 (https://arxiv.org/abs/1910.01279).
+
+    Args:
+        masked_scores: ``(B, K)`` target scores on the masked inputs.
+        baseline_scores: ``(B,)`` target scores on the baseline image, or a number (0 gives the raw
+            scores as weights).
+
+    Returns:
+        ``(B, K)`` weights.
+
+    Example:
+        >>> scorecam_weights(torch.tensor([[3.0, 1.0]]), torch.tensor([2.0]))
+        tensor([[ 1., -1.]])
+    """
+    if masked_scores.ndim != 2:
+        raise ValueError(f"expected (B, K) masked scores, got {tuple(masked_scores.shape)}")
+    base = torch.as_tensor(baseline_scores, dtype=masked_scores.dtype, device=masked_scores.device)
+    return masked_scores - (base[:, None] if base.ndim == 1 else base)
+
+
+def ablation_weights(scores: Tensor, ablated_scores: Tensor) -> Tensor:
+    r"""Ablation-CAM channel weights: the relative drop of the score when a channel is zeroed.
+
+    .. math:: w_k = \frac{y^c - y^c_k}{y^c}
+
+    where ``y^c_k`` is the score with channel ``k`` of the layer set to zero. Desai & Ramaswamy 2020,
+    eq. 2 (WACV, https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html).
+    A score of exactly 0 is not divided by (the drop itself is the weight).
+
+    Args:
+        scores: ``(B,)`` target scores of the intact model.
+        ablated_scores: ``(B, K)`` target scores with each channel ablated.
+
+    Example:
+        >>> ablation_weights(torch.tensor([4.0]), torch.tensor([[3.0, 5.0]]))
+        tensor([[ 0.2500, -0.2500]])
+    """
+    if scores.ndim != 1 or ablated_scores.ndim != 2 or ablated_scores.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"expected (B,) scores and (B, K) ablated scores, got {tuple(scores.shape)} and "
+            f"{tuple(ablated_scores.shape)}"
+        )
+    denom = torch.where(scores != 0, scores, torch.ones_like(scores))[:, None]
+    return (scores[:, None] - ablated_scores) / denom
+
+
+def input_saliency(attribution: Tensor) -> Tensor:
+    r"""One value per input position from an attribution with the input's channels.
+
+    .. math:: M_i = \max_c |R_{c,i}|
+
+    The reduction of Simonyan et al. 2014 (https://arxiv.org/abs/1312.6034) for input gradients; camlens
+    applies it to every input-space method (guided backpropagation, Guided Grad-CAM), so that their
+    ``maps`` are ``(B, *spatial)`` like every other method's, beside the signed ``input_maps``.
+
+    Args:
+        attribution: ``(B, C, *spatial)``.
+
+    Returns:
+        ``(B, *spatial)``, non-negative.
+
+    Example:
+        >>> input_saliency(torch.tensor([[[1.0, -3.0], [-2.0, 0.5]]]))   # C=2 channels, 2 positions
+        tensor([[2., 3.]])
+    """
+    if attribution.ndim < 3:
+        raise ValueError(f"expected (B, C, *spatial) attributions, got {tuple(attribution.shape)}")
+    return attribution.abs().amax(dim=1)
 
 
 def upsample(maps: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:

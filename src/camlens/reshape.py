@@ -41,7 +41,8 @@ A ``reshape`` callable given by the user wins over everything; it receives the a
 separately, its gradient) and the input, and must be a pure re-indexing (select, permute, reshape), so
 that applying it to the gradient is exact. The inferred layout depends only on shapes and the model's
 structure, so the activation and its gradient are always laid out the same way; it is cached per
-model, layer and shape.
+model, layer, shape and module tree (:func:`camlens._structure.structure_key`), so replacing a
+submodule never leaves a stale layout behind.
 
 Example:
     >>> import torch
@@ -67,6 +68,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
+
+from camlens._structure import structure_key
 
 __all__ = ["MAX_PREFIX_TOKENS", "Layout", "ReshapeFn", "infer_layout", "to_spatial"]
 
@@ -126,7 +129,7 @@ class _ModelInfo:
     prefix_hint: int | None
 
 
-_INFO: weakref.WeakKeyDictionary[nn.Module, _ModelInfo] = weakref.WeakKeyDictionary()
+_INFO: weakref.WeakKeyDictionary[nn.Module, tuple[object, _ModelInfo]] = weakref.WeakKeyDictionary()
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], Layout]] = (
     weakref.WeakKeyDictionary()
 )
@@ -141,9 +144,10 @@ def _as_tuple(v: object) -> tuple[int, ...] | None:
 
 
 def _model_info(model: nn.Module) -> _ModelInfo:
-    info = _INFO.get(model)
-    if info is not None:
-        return info
+    key = structure_key(model)
+    known = _INFO.get(model)
+    if known is not None and known[0] == key:
+        return known[1]
     convs: list[_ConvNd] = []
     sizes: list[tuple[int, ...]] = []
     hint: int | None = None
@@ -163,7 +167,7 @@ def _model_info(model: nn.Module) -> _ModelInfo:
         if hint is None and isinstance(n, int) and not isinstance(n, bool) and n >= 0:
             hint = n
     info = _ModelInfo(tuple(convs), tuple(sizes), hint)
-    _INFO[model] = info
+    _INFO[model] = (key, info)
     return info
 
 
@@ -423,8 +427,10 @@ def to_spatial(
                 f"{_RESHAPE_EXAMPLE}"
             )
         return out
-    key = (name, tuple(t.shape), tuple(x.shape))
+    key = (name, tuple(t.shape), tuple(x.shape), structure_key(model) if model is not None else ())
     cache = _CACHE.setdefault(model, {}) if model is not None else {}
+    if len(cache) > 256:  # shapes or structures seen over a long time: forget the old ones
+        cache.clear()
     layout = cache.get(key)
     if layout is None:
         layout = infer_layout(tuple(t.shape), tuple(x.shape), model=model, name=name)

@@ -28,11 +28,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,7 +53,12 @@ __all__ = [
     "top_k_targets",
 ]
 
-TargetSpec = int | Sequence[int] | Tensor | Callable[[Any], Tensor] | None
+TargetSpec = int | Sequence[int] | Tensor | np.ndarray | Callable[[Any], Tensor] | None
+
+
+def _is_index(value: Any) -> bool:
+    """An integer class index: a Python or numpy integer (not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def _check_logits(output: Any, what: str) -> None:
@@ -73,25 +80,31 @@ class ClassTarget:
     """The logit of class ``c`` (one class for the batch, or one per sample).
 
     Args:
-        c: a class index, or a sequence / 1-D tensor of ``B`` indices.
+        c: a class index (a Python or numpy integer), or a sequence, 1-D tensor or 1-D numpy array of
+            ``B`` indices.
 
     Example:
         >>> ClassTarget([0, 2])(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
         tensor([1., 6.])
+        >>> import numpy as np
+        >>> ClassTarget(np.int64(1)).classes, ClassTarget(np.array([2, 0])).classes
+        (1, tensor([2, 0]))
     """
 
-    def __init__(self, c: int | Sequence[int] | Tensor) -> None:
-        if isinstance(c, bool):
+    def __init__(self, c: int | Sequence[int] | Tensor | np.ndarray) -> None:
+        if isinstance(c, bool | np.bool_):
             raise TypeError("a class index must be an int, not a bool")
-        if isinstance(c, int):
-            self.classes: Tensor | int = c
-        else:
-            t = torch.as_tensor(c)
-            if t.ndim != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
-                raise ValueError(
-                    f"class indices must be an int or a 1-D sequence of ints, got {c!r}"
-                )
-            self.classes = t.long()
+        if _is_index(c):
+            self.classes: Tensor | int = int(c)  # type: ignore[arg-type]
+            return
+        t = (
+            torch.from_numpy(np.ascontiguousarray(c))
+            if isinstance(c, np.ndarray)
+            else torch.as_tensor(c)
+        )
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or t.ndim > 1:
+            raise ValueError(f"class indices must be an int or a 1-D sequence of ints, got {c!r}")
+        self.classes = int(t) if t.ndim == 0 else t.long()
 
     def indices(self, output: Tensor) -> Tensor:
         """The ``(B,)`` class indices for ``output``, validated against its shape."""
@@ -448,8 +461,9 @@ def resolve(target: TargetSpec, output: Any, *, batch: int | None = None) -> Res
     """Apply a target spec to the model's output.
 
     Args:
-        target: ``None`` (each sample's top class), an int (that class for every sample), a sequence or
-            1-D tensor of ints (one per sample), or a callable ``output -> (B,)``.
+        target: ``None`` (each sample's top class), an int (that class for every sample; numpy
+            integers too), a sequence, 1-D tensor or 1-D numpy array of ints (one per sample), or a
+            callable ``output -> (B,)``.
         output: the model's selected output, ``(B, ...)``; for a callable target it may be anything
             the callable understands (e.g. a detection model's list of dicts).
         batch: the number of samples ``B``; by default the output's first axis (or its length when it
@@ -464,9 +478,10 @@ def resolve(target: TargetSpec, output: Any, *, batch: int | None = None) -> Res
         classes = output.argmax(dim=1)
         return Resolved(output.gather(1, classes[:, None]).squeeze(1), classes)
     if isinstance(target, ClassTarget) or (
-        isinstance(target, int | Sequence | Tensor) and not isinstance(target, str)
+        (_is_index(target) or isinstance(target, Sequence | Tensor | np.ndarray))
+        and not isinstance(target, str)
     ):
-        ct = target if isinstance(target, ClassTarget) else ClassTarget(target)
+        ct = target if isinstance(target, ClassTarget) else ClassTarget(target)  # type: ignore[arg-type]
         idx = ct.indices(output)
         return Resolved(output.gather(1, idx[:, None]).squeeze(1), idx)
     if callable(target):

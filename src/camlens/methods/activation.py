@@ -7,13 +7,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camlens import maps
 from camlens.capture import LayerSpec, resolve_layers
 from camlens.methods.base import BaseCAM, MapContext
+from camlens.methods.registry import register
 
 __all__ = ["CAM", "EigenCAM"]
 
 
+@register("cam")
 class CAM(BaseCAM):
     r"""CAM (Zhou et al., CVPR 2016, https://arxiv.org/abs/1512.04150): the classifier's own weights.
 
@@ -28,7 +29,6 @@ class CAM(BaseCAM):
         fc: the linear classifier (name or module); ``None`` takes the model's last ``nn.Linear``.
     """
 
-    name = "cam"
     needs_grad = False
 
     def __init__(
@@ -41,41 +41,38 @@ class CAM(BaseCAM):
     ) -> None:
         super().__init__(model, layer, **kwargs)
         if fc is None:
-            linears: list[tuple[str, nn.Module]] = [
-                (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
-            ]
+            linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
             if not linears:
                 raise ValueError(
-                    f"CAM needs a GAP + linear head, but {type(model).__name__} has no nn.Linear; use GradCAM, "
-                    "which works for any head"
+                    f"CAM needs a GAP + linear head, but {type(model).__name__} has no nn.Linear; use "
+                    "GradCAM, which works for any head"
                 )
-            self._fc = linears[-1]
+            self._fc_name = linears[-1]
         else:
-            self._fc = resolve_layers(model, fc)[0]
-        if not isinstance(self._fc[1], nn.Linear):
-            raise ValueError(
-                f"fc={self._fc[0]!r} is a {type(self._fc[1]).__name__}, not an nn.Linear"
-            )
+            self._fc_name = resolve_layers(model, fc)[0][0]
+        self._classifier()  # an fc that is not nn.Linear fails here, not at the first call
 
-    def _options(self) -> dict[str, Any]:
-        return {**super()._options(), "fc": self._fc[0]}
+    def _classifier(self) -> nn.Linear:
+        """The classifier as it is in the model now (looked up by name at every call)."""
+        fc = self.model.get_submodule(self._fc_name)
+        if not isinstance(fc, nn.Linear):
+            raise ValueError(f"fc={self._fc_name!r} is a {type(fc).__name__}, not an nn.Linear")
+        return fc
 
     def _record_inputs(self, layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
         if len(layers) != 1:
             raise ValueError(
                 "CAM explains one layer (the one the classifier pools); pass a single layer"
             )
-        return [self._fc]
+        return [(self._fc_name, self._classifier())]
 
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
-        fc_name, fc = self._fc
-        name, target = ctx.layer, ctx.target
-        if target.classes is None:
+    def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+        if ctx.target.classes is None:
             raise ValueError(
                 "CAM needs class targets (None, an int or one int per sample), not a callable"
             )
         pooled = acts.mean(dim=tuple(range(2, acts.ndim)))
-        fc_in = ctx.capture.inputs.get(fc_name)
+        fc_in = ctx.inputs.get(self._fc_name)
         if (
             fc_in is None
             or fc_in.reshape(pooled.shape[0], -1).shape != pooled.shape
@@ -87,17 +84,15 @@ class CAM(BaseCAM):
             )
         ):
             raise ValueError(
-                f"CAM needs the classifier {fc_name!r} to take the global average of layer {name!r} as its "
-                "input, and this model's head is different; use GradCAM, which equals CAM up to a constant "
-                "for such heads and works for any head"
+                f"CAM needs the classifier {self._fc_name!r} to take the global average of layer "
+                f"{ctx.layer!r} as its input, and this model's head is different; use GradCAM, which "
+                "equals CAM up to a constant for such heads and works for any head"
             )
-        weight = fc.weight
-        assert isinstance(weight, Tensor)
-        w = weight.detach().float()[target.classes.to(weight.device)].to(acts.device)
-        sign = -1.0 if ctx.counterfactual else 1.0
-        return maps.channel_weighted(acts, sign * w)
+        weight = self._classifier().weight.detach().float()
+        return weight[ctx.target.classes.to(weight.device)].to(acts.device)
 
 
+@register("eigencam", aliases=("eigen-cam",))
 class EigenCAM(BaseCAM):
     r"""Eigen-CAM (Muhammad & Yeasin, IJCNN 2020, https://arxiv.org/abs/2008.00299).
 
@@ -105,11 +100,9 @@ class EigenCAM(BaseCAM):
     for every class). See :func:`camlens.maps.eigencam_map`.
     """
 
-    name = "eigencam"
-    aliases = ("eigen-cam",)
     needs_grad = False
     uses_target = False
     principal_component = True
 
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         return acts

@@ -1,16 +1,31 @@
 """The machinery every method shares: input checks, layer choice, capture, targets, post-processing.
 
-A method states only what differs: :meth:`BaseCAM._terms` turns activations ``(B, K, *s)`` and
-gradients into per-channel terms ``(B, K, *s)`` with a formula from :mod:`camlens.maps`; the map is
-their sum over channels (or, with ``eigen_smooth``, their first principal component), then ReLU.
-``needs_grad`` says whether gradients are computed at all.
+A method states only its formula, as one of two hooks, each a call into :mod:`camlens.maps`:
+
+* **channel-weight methods** (Grad-CAM, Grad-CAM++, XGrad-CAM, CAM, Score-CAM, Ablation-CAM) define
+  :meth:`BaseCAM.weights` ``(acts, grads, ctx) -> (B, K)``; the terms are ``w_k A^k``;
+* **element-wise methods** (HiResCAM, LayerCAM, Eigen-CAM, the input-space methods) define
+  :meth:`BaseCAM.terms` ``(acts, grads, ctx) -> (B, K, *s)``.
+
+Everything else happens here, once: the counterfactual (gradient methods differentiate ``-y^c``;
+gradient-free methods negate their terms), the sum over channels or, with ``eigen_smooth``, their
+first principal component, the ReLU, upsampling, normalisation, fusion of several layers and
+test-time augmentation. Class attributes say what a method needs: ``needs_grad``, ``uses_target``,
+``takes_layer`` and ``input_space``.
+
+**One call, one state.** Everything that belongs to a call (the capture, the activations, a verified
+torch.fx split, ...) lives in that call's locals and its :class:`MapContext`; a method object holds
+only its configuration, so one object may serve many threads at once. Nothing derived from the model
+is trusted across calls without a check: layers are looked up by name on the live model at every call,
+the automatic layer is chosen for each input shape and module tree
+(:func:`camlens.capture.default_layer`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -20,13 +35,16 @@ from camlens.capture import (
     CaptureError,
     LayerCapture,
     LayerSpec,
-    find_default_layer,
+    default_layer,
+    layer_gradients,
+    paused,
     resolve_layers,
 )
-from camlens.maps import eigencam_map, normalize, upsample
+from camlens.maps import eigencam_map, input_saliency, normalize, upsample
 from camlens.reshape import ReshapeFn, to_spatial
 from camlens.result import CAMResult
 from camlens.targets import (
+    ClassTarget,
     Resolved,
     TargetSpec,
     accepts_any_output,
@@ -35,26 +53,97 @@ from camlens.targets import (
     top_k_targets,
 )
 
-__all__ = ["BaseCAM", "MapContext", "ModelError"]
+__all__ = ["BaseCAM", "MapContext", "ModelError", "Observation"]
 
 OutputSelector = str | int | Callable[[Any], Tensor] | None
 
 
-@dataclass(frozen=True)
-class MapContext:
-    """What a method's ``_map`` may need beyond activations and gradients."""
-
-    target: Resolved
-    capture: LayerCapture
-    layer: str
-    counterfactual: bool
-    x: Tensor
-    spec: Any = None
-    output: Any = None
-
-
 class ModelError(RuntimeError):
     """The model itself failed to run on the input it was given."""
+
+
+def model_error(x: Tensor, e: BaseException) -> ModelError:
+    """The one error camlens raises when the model fails on ``x`` (first forward or internal pass)."""
+    return ModelError(
+        f"the model failed on an input of shape {tuple(x.shape)} ({type(e).__name__}: {e}); check that "
+        "the input has the channels, size and dtype the model expects"
+    )
+
+
+def run_model(model: nn.Module, x: Tensor) -> Any:
+    """``model(x)``, with any failure of the model reported as :class:`ModelError`."""
+    try:
+        return model(x)
+    except CaptureError:
+        raise
+    except Exception as e:
+        raise model_error(x, e) from e
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the forward of one call saw: the output and the activations to explain.
+
+    Attributes:
+        output: what the model returned.
+        activations: layer name -> the layer's output in its own layout; when gradients are needed,
+            part of the autograd graph of ``output`` (the leaf of the fast path).
+        inputs: module name -> input recorded for :meth:`BaseCAM._record_inputs`.
+    """
+
+    output: Any
+    activations: dict[str, Tensor]
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MapContext:
+    """What a method's formula may need beyond activations and gradients, for one layer and target.
+
+    Attributes:
+        x: the input batch.
+        layer: the layer's name.
+        target: the resolved target: ``(B,)`` scores and, for class targets, ``(B,)`` classes.
+        spec: the target as the caller gave it (a callable target is needed again by perturbation
+            methods).
+        output: the model's selected output (the logits, for classifiers).
+        activation: the layer's output in its own layout, detached (Ablation-CAM zeroes its channels).
+        inputs: inputs recorded for :meth:`BaseCAM._record_inputs` (CAM's classifier).
+        selector: the method's ``output=`` option.
+        scratch: a dict that lives for this call only, shared by its targets and layers, where a method
+            may keep what it computed once (Ablation-CAM's verified head). Never state on ``self``.
+        details: what the result should report about how it was computed (``CAMResult.details``).
+    """
+
+    x: Tensor
+    layer: str
+    target: Resolved
+    spec: Any
+    output: Any
+    activation: Tensor
+    inputs: Mapping[str, Tensor]
+    selector: OutputSelector
+    scratch: dict[str, Any]
+    details: dict[str, Any]
+
+    def run(self, model: nn.Module, x: Tensor) -> Any:
+        """An internal forward: no capture records it, under inference mode, failures as ModelError."""
+        with paused(), torch.inference_mode():
+            return run_model(model, x)
+
+    def sample_target(self, b: int) -> Callable[[Any], Tensor]:
+        """The target of sample ``b`` as a callable on the output for a batch of copies of that sample."""
+        if self.target.classes is not None:
+            return ClassTarget(int(self.target.classes[b]))
+        if not callable(self.spec):
+            raise ValueError("this method needs class targets or a callable target")
+        return self.spec  # documented: a callable target must score each row on its own
+
+    def scores(self, output: Any, b: int) -> Tensor:
+        """Sample ``b``'s target scored on each row of an internal forward's ``output``, ``(N,)`` float."""
+        fn = self.sample_target(b)
+        selected = select_output(output, self.selector, passthrough=accepts_any_output([fn]))
+        return resolve(fn, selected).scores.float()
 
 
 class BaseCAM:
@@ -64,24 +153,43 @@ class BaseCAM:
         model: any ``nn.Module``. It is used as it is: camlens never changes its mode, flags or
             parameters, and removes every hook it adds before returning.
         layer: the layer to explain: a dotted name (``"layer4"``), a module, a list of them (one map per
-            layer, fused), or ``None`` to choose one with :func:`camlens.capture.find_default_layer`:
-            the last layer whose output keeps the input's spatial axes (``layer4`` of a ResNet), inside
-            ``backbone`` for detection and segmentation models, and for transformers the norm before
-            the last attention block (``blocks[-1].norm1`` of a timm ViT).
+            layer, fused), or ``None`` to choose one for each input shape with
+            :func:`camlens.capture.find_default_layer`: the last layer whose output keeps the input's
+            spatial axes (``layer4`` of a ResNet), inside ``backbone`` for detection and segmentation
+            models, and for transformers the norm before the last attention block
+            (``blocks[-1].norm1`` of a timm ViT). Input-space methods (``takes_layer = False``) take
+            no layer.
         output: which part of the model's output holds the scores, when it is not a plain tensor (a key,
             an index or a callable); ``None`` finds logits in tensors, dicts, tuples and HF outputs.
         fuse: how maps of several layers are combined: ``"mean"`` or ``"max"`` of the normalised maps,
             rescaled to ``[0, 1]``.
         reshape: a callable ``(activation, input) -> (B, K, *spatial)`` for layers whose output layout
             camlens cannot infer (see :mod:`camlens.reshape`).
+
+    Every keyword given to the constructor is kept (:attr:`options`), so :meth:`with_model` rebuilds
+    the method exactly.
     """
 
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: gradients of the target score at the layer are computed (the fast path)
     needs_grad: ClassVar[bool] = True
+    #: the map depends on the target (False for Eigen-CAM)
     uses_target: ClassVar[bool] = True
+    #: the method explains a layer (False for guided backpropagation, which explains the input)
+    takes_layer: ClassVar[bool] = True
+    #: the terms have the input's channels; ``maps`` is their :func:`~camlens.maps.input_saliency`
+    input_space: ClassVar[bool] = False
     #: the map is the first principal component of the terms, not their sum (Eigen-CAM)
     principal_component: ClassVar[bool] = False
+
+    _init_options: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> BaseCAM:
+        self = super().__new__(cls)
+        # every constructor keyword exactly as given: with_model passes them on, none can be dropped
+        self._init_options = {k: v for k, v in kwargs.items() if k != "layer"}
+        return self
 
     def __init__(
         self,
@@ -96,44 +204,62 @@ class BaseCAM:
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         if fuse not in ("mean", "max"):
             raise ValueError(f"fuse must be 'mean' or 'max', not {fuse!r}")
-        self.model = model
-        self.output = output
-        self.fuse = fuse
         if reshape is not None and not callable(reshape):
             raise TypeError(
                 f"reshape must be a callable (activation, input) -> (B, K, *spatial), not {reshape!r}"
             )
+        if not self.takes_layer and (layer is not None or reshape is not None):
+            raise ValueError(
+                f"{type(self).__name__} explains the input itself and takes no layer or reshape; "
+                "leave them out (layer=None)"
+            )
+        self.model = model
+        self.output = output
+        self.fuse = fuse
         self.reshape = reshape
-        self._layer_spec = layer
-        self._layers: list[tuple[str, nn.Module]] | None = (
-            None if layer is None else resolve_layers(model, layer)
+        self._layer_names: list[str] | None = (
+            None if layer is None else [n for n, _ in resolve_layers(model, layer)]
         )
-        self._auto: dict[int, list[tuple[str, nn.Module]]] = {}
         self._warned_train = False
 
     # ---- what subclasses state -------------------------------------------------------------------
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
-        """Per-channel terms ``(B, K, *s)`` from activations and gradients (negated if counterfactual)."""
-        raise NotImplementedError
+    def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+        """Channel weights ``(B, K)`` from activations ``(B, K, *s)`` and gradients (channel-weight methods)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither weights() nor terms()")
+
+    def terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+        """Per-channel terms ``(B, K, *s)``; by default ``weights(...)_k * A^k``."""
+        from camlens.maps import channel_weighted
+
+        return channel_weighted(acts, self.weights(acts, grads, ctx))
 
     def _record_inputs(self, layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
         """Modules whose inputs the capture should also record (CAM's classifier)."""
         return []
 
-    def _options(self) -> dict[str, Any]:
-        """Constructor keyword arguments, to rebuild the method on another model."""
-        return {"output": self.output, "fuse": self.fuse, "reshape": self.reshape}
+    def _observe(self, x: Tensor, layers: list[tuple[str, nn.Module]]) -> Observation:
+        """One forward of ``x`` under a capture of ``layers`` (the fast path when gradients are needed)."""
+        with LayerCapture(
+            layers, grad=self.needs_grad, record_inputs=self._record_inputs(layers)
+        ) as cap:
+            out = run_model(self.model, x)
+            cap.check_called()
+        return Observation(out, {n: cap.activations[n] for n, _ in layers}, dict(cap.inputs))
 
     # ---- public API ------------------------------------------------------------------------------
     @property
+    def options(self) -> dict[str, Any]:
+        """The constructor's keyword options as given (without ``model`` and ``layer``)."""
+        return dict(self._init_options)
+
+    @property
     def layer_names(self) -> list[str] | None:
-        """Names of the layers explained, or ``None`` until an automatic choice has been made."""
-        layers = self._layers or next(iter(self._auto.values()), None)
-        return None if layers is None else [n for n, _ in layers]
+        """Names of the layers given at construction; ``None`` when chosen per input (``layer=None``)."""
+        return None if self._layer_names is None else list(self._layer_names)
 
     def with_model(self, model: nn.Module) -> BaseCAM:
-        """The same method and options on another model with the same layer names (e.g. a copy)."""
-        return type(self)(model, layer=self.layer_names, **self._options())
+        """The same method, layers and options on another model (e.g. a copy with other weights)."""
+        return type(self)(model, layer=self.layer_names, **self._init_options)
 
     def __call__(
         self,
@@ -147,11 +273,13 @@ class BaseCAM:
         """Explain ``target`` for the batch ``x``.
 
         Args:
-            x: ``(B, C, L)``, ``(B, C, H, W)`` or ``(B, C, D, H, W)`` input on the model's device.
-            target: ``None`` (each sample's top class), an int, one int per sample, or a callable
-                ``output -> (B,)`` scores.
-            counterfactual: negate the gradients (Selvaraju et al. 2017, sec. 5): regions whose
-                removal would raise the target's score.
+            x: ``(B, C, L)``, ``(B, C, H, W)`` or ``(B, C, D, H, W)`` input on the model's device, with
+                finite values.
+            target: ``None`` (each sample's top class), an int (Python or numpy), one int per sample (a
+                sequence, tensor or numpy array), or a callable ``output -> (B,)`` scores.
+            counterfactual: explain ``-y^c`` (Selvaraju et al. 2017, sec. 5): regions whose removal
+                would raise the target's score. Gradient methods differentiate the negated score;
+                gradient-free methods negate their weights.
             aug_smooth: test-time augmentation: the map is averaged over horizontal flips and input
                 scales (x0.875, x1, x1.125), each mapped back to the input's frame. Six passes.
             eigen_smooth: the map is the first principal component of the method's per-channel terms
@@ -176,6 +304,9 @@ class BaseCAM:
         Args:
             targets: a list of target specs (each as in :meth:`__call__`), or ``"top-k"``: the k
                 highest classes of each sample, in order.
+
+        Returns:
+            One :class:`~camlens.result.CAMResult` per target, equal to separate calls.
         """
         if not isinstance(targets, str):
             targets = list(targets)
@@ -183,7 +314,7 @@ class BaseCAM:
                 raise ValueError("targets is empty; pass at least one target")
         return self._explain(x, targets, counterfactual, aug_smooth, eigen_smooth)
 
-    # ---- smoothing -------------------------------------------------------------------------------
+    # ---- the pipeline ----------------------------------------------------------------------------
     _AUG_SCALES: ClassVar[tuple[float, ...]] = (1.0, 0.875, 1.125)
 
     def _explain(
@@ -194,16 +325,32 @@ class BaseCAM:
         aug_smooth: bool,
         eigen_smooth: bool,
     ) -> list[CAMResult]:
-        base = self._run(x, targets, counterfactual=counterfactual, eigen_smooth=eigen_smooth)
-        if not aug_smooth:
-            return base
+        x = self._check_input(x)
+        self._check_call(counterfactual, eigen_smooth)
+        with torch.inference_mode(False):
+            base = self._run(x, targets, counterfactual=counterfactual, eigen_smooth=eigen_smooth)
+            if aug_smooth:
+                base = self._augment(x, targets, base, counterfactual, eigen_smooth)
+        return base
+
+    def _augment(
+        self,
+        x: Tensor,
+        targets: str | list[TargetSpec],
+        base: list[CAMResult],
+        counterfactual: bool,
+        eigen_smooth: bool,
+    ) -> list[CAMResult]:
+        """Average ``base`` with the maps of flipped and rescaled inputs, mapped back to ``x``'s frame."""
         # The augmented passes explain the same classes as the plain pass (an argmax could change).
         specs = [
             r.targets if r.targets is not None else t
-            for r, t in zip(base, self._specs_like(targets, base), strict=True)
+            for r, t in zip(base, _specs_like(targets, base), strict=True)
         ]
         size = x.shape[2:]
-        sums = [(r.maps.clone(), r.raw.clone()) for r in base]
+        map_sums = [r.maps.clone() for r in base]
+        raw_sums = [r.raw.clone() for r in base]
+        input_sums = [None if r.input_maps is None else r.input_maps.clone() for r in base]
         n = 1
         for flip in (False, True):
             for scale in self._AUG_SCALES:
@@ -212,27 +359,28 @@ class BaseCAM:
                 xa = x.flip(-1) if flip else x
                 if scale != 1.0:
                     xa = upsample_input(xa, scale)
-                for (m_sum, r_sum), r in zip(
-                    sums,
-                    self._run(xa, specs, counterfactual=counterfactual, eigen_smooth=eigen_smooth),
-                    strict=True,
-                ):
-                    m, raw = (r.maps.flip(-1), r.raw.flip(-1)) if flip else (r.maps, r.raw)
-                    m_sum += upsample(m, size)
-                    r_sum += upsample(raw, r_sum.shape[1:])
+                runs = self._run(
+                    xa, specs, counterfactual=counterfactual, eigen_smooth=eigen_smooth
+                )
+                for j, r in enumerate(runs):
+                    m, raw, im = r.maps, r.raw, r.input_maps
+                    if flip:
+                        m, raw = m.flip(-1), raw.flip(-1)
+                        im = None if im is None else im.flip(-1)
+                    map_sums[j] += upsample(m, size)
+                    raw_sums[j] += upsample(raw, raw_sums[j].shape[1:])
+                    acc = input_sums[j]
+                    if acc is not None and im is not None:
+                        acc += upsample(im.flatten(0, 1), size).reshape(acc.shape)
                 n += 1
-        out = []
-        for r, (m_sum, r_sum) in zip(base, sums, strict=True):
-            r.maps, r.raw = normalize(m_sum / n), r_sum / n
+        for j, r in enumerate(base):
+            r.maps, r.raw = normalize(map_sums[j] / n), raw_sums[j] / n
+            acc = input_sums[j]
+            if acc is not None:
+                r.input_maps = acc / n
             r.method += "+aug"
-            out.append(r)
-        return out
+        return base
 
-    @staticmethod
-    def _specs_like(targets: str | list[TargetSpec], base: list[CAMResult]) -> list[TargetSpec]:
-        return [None] * len(base) if isinstance(targets, str) else targets
-
-    # ---- machinery -------------------------------------------------------------------------------
     def _check_input(self, x: Any) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(
@@ -245,37 +393,40 @@ class BaseCAM:
             )
         if x.shape[0] == 0:
             raise ValueError("x is an empty batch")
+        if x.is_floating_point() or x.is_complex():
+            finite = torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(dim=1)
+            if not bool(finite.all()):
+                bad = (~finite).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"x has NaN or infinite values in sample(s) {bad[:20]}"
+                    + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
+                    + "; a map of such an input means nothing. Check the image decoding and "
+                    "normalisation, or drop those samples"
+                )
         return x
 
-    def _resolve_layers(self, x: Tensor) -> list[tuple[str, nn.Module]]:
-        if self._layers is not None:
-            return self._layers
-        if x.ndim not in self._auto:
-            name = self._find_layer(x)
-            self._auto[x.ndim] = resolve_layers(self.model, name)
-        return self._auto[x.ndim]
+    def _check_call(self, counterfactual: bool, eigen_smooth: bool) -> None:
+        if counterfactual and not self.uses_target:
+            raise ValueError(
+                f"{type(self).__name__} does not use the target, so counterfactual=True has no meaning"
+            )
+        if eigen_smooth and self.input_space and not self.takes_layer:
+            raise ValueError(
+                f"{type(self).__name__} explains the input's channels; eigen_smooth needs the channels "
+                "of a layer (use it with a layer method)"
+            )
 
-    def _find_layer(self, x: Tensor) -> str:
-        try:
-            return find_default_layer(self.model, x)
-        except ValueError:
-            raise
-        except Exception as e:
-            raise self._model_error(x, e) from e
-
-    def _model_error(self, x: Tensor, e: Exception) -> ModelError:
-        return ModelError(
-            f"the model failed on an input of shape {tuple(x.shape)} ({type(e).__name__}: {e}); check that "
-            "the input has the channels, size and dtype the model expects"
-        )
-
-    def _forward(self, x: Tensor) -> Any:
-        try:
-            return self.model(x)
-        except CaptureError:
-            raise
-        except Exception as e:
-            raise self._model_error(x, e) from e
+    def _layers(self, x: Tensor) -> list[tuple[str, nn.Module]]:
+        """The layers to explain for this input, looked up on the live model."""
+        names = self._layer_names
+        if names is None:
+            try:
+                names = [default_layer(self.model, x)]
+            except ValueError:
+                raise
+            except Exception as e:
+                raise model_error(x, e) from e
+        return resolve_layers(self.model, names)
 
     def _warn_training(self) -> None:
         if self.model.training and not self._warned_train:
@@ -289,6 +440,8 @@ class BaseCAM:
 
     def _to_spatial(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         """A layer's output (or its gradient) as ``(B, K, *spatial)``; see :func:`camlens.reshape.to_spatial`."""
+        if self.input_space and not self.takes_layer:
+            return t
         return to_spatial(t, x, name=name, model=self.model, reshape=self.reshape)
 
     def _run(
@@ -299,49 +452,57 @@ class BaseCAM:
         counterfactual: bool,
         eigen_smooth: bool = False,
     ) -> list[CAMResult]:
-        x = self._check_input(x)
-        if counterfactual and not self.uses_target:
-            raise ValueError(
-                f"{type(self).__name__} does not use the target, so counterfactual=True has no meaning"
-            )
-        layers = self._resolve_layers(x)
+        """One forward, then a map per target: the whole method on a checked input."""
+        layers = [("input", self.model)] if not self.takes_layer else self._layers(x)
         self._warn_training()
+        obs = self._observe(x, layers)
+        # a callable target (e.g. BoxTarget) may read an output with no score tensor in it
+        passthrough = not self.uses_target or accepts_any_output(targets)
+        logits = select_output(obs.output, self.output, passthrough=passthrough)
+        specs: list[Any] = top_k_targets(targets, logits) if isinstance(targets, str) else targets
+        names = [n for n, _ in layers]
+        acts = {n: self._to_spatial(n, obs.activations[n], x).detach().float() for n in names}
+        scratch: dict[str, Any] = {}
         results = []
-        with (
-            torch.inference_mode(False),
-            LayerCapture(
-                layers, grad=self.needs_grad, record_inputs=self._record_inputs(layers)
-            ) as cap,
-        ):
-            # a callable target (e.g. BoxTarget) may read an output with no score tensor in it
-            passthrough = not self.uses_target or accepts_any_output(targets)
-            logits = select_output(self._forward(x), self.output, passthrough=passthrough)
-            cap.check_called()
-            specs: list[Any] = (
-                top_k_targets(targets, logits) if isinstance(targets, str) else targets
-            )
-            acts = {n: self._to_spatial(n, cap.activations[n], x) for n, _ in layers}
-            for i, spec in enumerate(specs):
-                resolved = self._resolve_target(spec, logits, batch=x.shape[0])
-                raws: dict[str, Tensor] = {}
-                grads: dict[str, Tensor] = {}
-                if self.needs_grad:
-                    g = cap.gradients(resolved.scores, retain_graph=i < len(specs) - 1)
-                    grads = {n: self._to_spatial(n, g[n], x) for n, _ in layers}
-                for n, _ in layers:
-                    a = acts[n].detach().float()
-                    gn = grads[n].float() if n in grads else None
-                    if gn is not None and counterfactual:
-                        gn = -gn
-                    ctx = MapContext(resolved, cap, n, counterfactual, x, spec, logits)
-                    terms = self._terms(a, gn, ctx)
-                    raw = (
-                        eigencam_map(terms)
-                        if eigen_smooth or self.principal_component
-                        else terms.sum(dim=1)
+        for i, spec in enumerate(specs):
+            resolved = self._resolve_target(spec, logits, batch=x.shape[0])
+            grads: dict[str, Tensor] = {}
+            if self.needs_grad:
+                score = -resolved.scores if counterfactual else resolved.scores
+                g = layer_gradients(score, obs.activations, retain_graph=i < len(specs) - 1)
+                grads = {n: self._to_spatial(n, g[n], x).float() for n in names}
+            raws: dict[str, Tensor] = {}
+            attributions: dict[str, Tensor] = {}
+            details: dict[str, Any] = {}
+            with paused():
+                for n in names:
+                    ctx = MapContext(
+                        x=x,
+                        layer=n,
+                        target=resolved,
+                        spec=spec,
+                        output=logits,
+                        activation=obs.activations[n].detach(),
+                        inputs=obs.inputs,
+                        selector=self.output,
+                        scratch=scratch,
+                        details=details,
                     )
-                    raws[n] = raw.clamp(min=0)
-                results.append(self._result(x, raws, grads, resolved, counterfactual, eigen_smooth))
+                    terms = self.terms(acts[n], grads.get(n), ctx)
+                    if counterfactual and not self.needs_grad:
+                        terms = -terms
+                    if self.input_space and not self.takes_layer:
+                        attributions[n] = terms
+                        raws[n] = input_saliency(terms)
+                    elif eigen_smooth or self.principal_component:
+                        raws[n] = eigencam_map(terms).clamp(min=0)
+                    else:
+                        raws[n] = terms.sum(dim=1).clamp(min=0)
+            results.append(
+                self._result(
+                    x, raws, grads, resolved, counterfactual, eigen_smooth, attributions, details
+                )
+            )
         return results
 
     def _resolve_target(self, spec: TargetSpec, logits: Any, batch: int | None = None) -> Resolved:
@@ -355,6 +516,13 @@ class BaseCAM:
             return Resolved(torch.full((b,), float("nan"), device=device), None)
         return resolve(spec, logits, batch=batch)
 
+    def _label(self, counterfactual: bool, eigen_smooth: bool) -> str:
+        return (
+            self.name
+            + ("(counterfactual)" if counterfactual else "")
+            + ("+eigen" if eigen_smooth else "")
+        )
+
     def _result(
         self,
         x: Tensor,
@@ -362,7 +530,9 @@ class BaseCAM:
         grads: dict[str, Tensor],
         target: Resolved,
         counterfactual: bool,
-        eigen_smooth: bool = False,
+        eigen_smooth: bool,
+        attributions: dict[str, Tensor],
+        details: dict[str, Any],
     ) -> CAMResult:
         size = x.shape[2:]
         per_layer = {n: normalize(upsample(r, size)) for n, r in raws.items()}
@@ -379,11 +549,11 @@ class BaseCAM:
             scores=target.scores.detach(),
             targets=target.classes,
             layer="+".join(names),
-            method=self.name
-            + ("(counterfactual)" if counterfactual else "")
-            + ("+eigen" if eigen_smooth else ""),
+            method=self._label(counterfactual, eigen_smooth),
             per_layer=per_layer if len(names) > 1 else {},
             raw_per_layer=raws if len(names) > 1 else {},
+            input_maps=attributions[names[-1]].float() if attributions else None,
+            details=dict(details),
         )
 
     def _warn_empty(self, raws: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
@@ -407,6 +577,15 @@ class BaseCAM:
                 f"{self.name}: the map of layer {n!r} is all zero for samples {idx}: {cause}",
                 stacklevel=6,
             )
+
+    def __repr__(self) -> str:
+        layer = "auto" if self._layer_names is None else "+".join(self._layer_names)
+        opts = "".join(f", {k}={v!r}" for k, v in self._init_options.items())
+        return f"{type(self).__name__}({type(self.model).__name__}, layer={layer!r}{opts})"
+
+
+def _specs_like(targets: str | list[TargetSpec], base: list[CAMResult]) -> list[TargetSpec]:
+    return [None] * len(base) if isinstance(targets, str) else list(targets)
 
 
 def upsample_input(x: Tensor, scale: float) -> Tensor:

@@ -6,10 +6,12 @@ from torch import Tensor
 
 from camlens import maps
 from camlens.methods.base import BaseCAM, MapContext
+from camlens.methods.registry import register
 
 __all__ = ["GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM"]
 
 
+@register("gradcam", aliases=("grad-cam",))
 class GradCAM(BaseCAM):
     r"""Grad-CAM (Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391).
 
@@ -28,14 +30,12 @@ class GradCAM(BaseCAM):
         (torch.Size([2, 8, 8]), torch.Size([2, 8, 8]), '1')
     """
 
-    name = "gradcam"
-    aliases = ("grad-cam",)
-
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
-        return maps.channel_weighted(acts, maps.gradcam_weights(grads))
+        return maps.gradcam_weights(grads)
 
 
+@register("hirescam", aliases=("hires-cam",))
 class HiResCAM(BaseCAM):
     r"""HiResCAM (Draelos & Carin 2020, https://arxiv.org/abs/2011.08891): element-wise gradient x activation.
 
@@ -44,14 +44,12 @@ class HiResCAM(BaseCAM):
     Equals Grad-CAM when the head after the layer is GAP + linear.
     """
 
-    name = "hirescam"
-    aliases = ("hires-cam",)
-
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
         return maps.hirescam_terms(acts, grads)
 
 
+@register("gradcam++", aliases=("gradcampp", "gradcamplusplus", "grad-cam++"))
 class GradCAMPlusPlus(BaseCAM):
     r"""Grad-CAM++ (Chattopadhay et al., WACV 2018, https://arxiv.org/abs/1710.11063).
 
@@ -59,14 +57,12 @@ class GradCAMPlusPlus(BaseCAM):
     see :func:`camlens.maps.gradcampp_weights`.
     """
 
-    name = "gradcam++"
-    aliases = ("gradcampp", "gradcamplusplus", "grad-cam++")
-
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
-        return maps.channel_weighted(acts, maps.gradcampp_weights(acts, grads))
+        return maps.gradcampp_weights(acts, grads)
 
 
+@register("xgradcam", aliases=("xgrad-cam",))
 class XGradCAM(BaseCAM):
     r"""XGrad-CAM (Fu et al., BMVC 2020, https://arxiv.org/abs/2008.02312).
 
@@ -74,14 +70,12 @@ class XGradCAM(BaseCAM):
     :func:`camlens.maps.xgradcam_weights`.
     """
 
-    name = "xgradcam"
-    aliases = ("xgrad-cam",)
-
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
-        return maps.channel_weighted(acts, maps.xgradcam_weights(acts, grads))
+        return maps.xgradcam_weights(acts, grads)
 
 
+@register("layercam", aliases=("layer-cam",))
 class LayerCAM(BaseCAM):
     r"""LayerCAM (Jiang et al., IEEE TIP 2021): positive gradients weight activations element-wise.
 
@@ -90,9 +84,6 @@ class LayerCAM(BaseCAM):
     Works well on shallow layers; combine several with ``layer=[...]``.
     """
 
-    name = "layercam"
-    aliases = ("layer-cam",)
-
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert grads is not None
         return maps.layercam_terms(acts, grads)

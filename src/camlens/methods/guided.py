@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from camlens.capture import LayerSpec
-from camlens.maps import normalize
-from camlens.methods.base import BaseCAM, OutputSelector
+from camlens.maps import input_saliency, normalize
+from camlens.methods.base import BaseCAM, MapContext, Observation, _specs_like, run_model
 from camlens.methods.gradient import GradCAM
+from camlens.methods.registry import register
 from camlens.result import CAMResult
-from camlens.targets import TargetSpec, accepts_any_output, resolve, select_output
+from camlens.targets import TargetSpec
 
 __all__ = ["GuidedBackprop", "GuidedGradCAM"]
 
@@ -40,9 +41,10 @@ _RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
 class _GuidedMode(TorchFunctionMode):
     """While active, every ReLU call (module, functional or method, in place or not) is guided.
 
-    The user's modules are not touched: the substitution lives in this context only. An in-place ReLU
-    returns a new tensor instead of writing into its input, which matters only to code that ignores the
-    return value of ``relu_``.
+    The user's modules are not touched: the substitution lives in this context only (torch keeps
+    function modes per thread, so other threads running the model meanwhile get plain ReLUs). An
+    in-place ReLU returns a new tensor instead of writing into its input, which matters only to code
+    that ignores the return value of ``relu_``.
     """
 
     def __torch_function__(
@@ -53,7 +55,8 @@ class _GuidedMode(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-class GuidedBackprop:
+@register("guided-backprop", aliases=("guidedbackprop", "guided-bp"))
+class GuidedBackprop(BaseCAM):
     r"""Guided backpropagation (Springenberg et al., ICLR-W 2015, https://arxiv.org/abs/1412.6806).
 
     The gradient of the target score with respect to the input, where every ReLU's backward keeps only
@@ -61,91 +64,77 @@ class GuidedBackprop:
 
     .. math:: R^{(l)} = \mathbb{1}[f^{(l)} > 0] \cdot \mathbb{1}[R^{(l+1)} > 0] \cdot R^{(l+1)}
 
-    Returns a :class:`CAMResult` whose ``raw`` is the signed gradient ``(B, C, *spatial)`` and whose
-    ``maps`` is that gradient min-max scaled to ``[0, 1]`` per sample (input channels kept). No layer
-    argument: the explanation lives at the input.
+    ``input_maps`` is the signed gradient ``(B, C, *spatial)``; ``raw`` its reduction to one value per
+    position, :func:`camlens.maps.input_saliency` (``max_c |R_c|``), and ``maps`` that reduction min-max
+    scaled per sample. No layer: the explanation lives at the input. ``counterfactual=True`` guides the
+    gradient of ``-y^c``.
     """
 
-    name: ClassVar[str] = "guided-backprop"
-    aliases: ClassVar[tuple[str, ...]] = ("guidedbackprop", "guided-bp")
-    takes_layer: ClassVar[bool] = False
+    takes_layer = False
+    input_space = True
 
-    def __init__(self, model: nn.Module, *, output: OutputSelector = None) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        self.model = model
-        self.output = output
+    def __init__(self, model: nn.Module, layer: LayerSpec = None, **kwargs: Any) -> None:
+        super().__init__(model, layer, **kwargs)
 
-    def with_model(self, model: nn.Module) -> GuidedBackprop:
-        return type(self)(model, output=self.output)
-
-    def gradients(
-        self, x: Tensor, target: TargetSpec = None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(B, C, *spatial)`` guided gradients, the ``(B,)`` scores and the class targets."""
-        BaseCAM._check_input(self, x)  # type: ignore[arg-type]
+    def _observe(self, x: Tensor, layers: list[tuple[str, nn.Module]]) -> Observation:
         leaf = x.detach().requires_grad_(True)
-        with torch.inference_mode(False), torch.enable_grad():
-            with _GuidedMode():
-                try:
-                    out = self.model(leaf)
-                except Exception as e:
-                    raise BaseCAM._model_error(self, x, e) from e  # type: ignore[arg-type]
-            r = resolve(
-                target, select_output(out, self.output, passthrough=accepts_any_output([target]))
-            )
-            (g,) = torch.autograd.grad(r.scores.sum(), leaf)
-        return g.detach(), r.scores.detach(), r.classes
+        with torch.enable_grad(), _GuidedMode():
+            out = run_model(self.model, leaf)
+        return Observation(out, {"input": leaf})
 
-    def __call__(self, x: Tensor, target: TargetSpec = None) -> CAMResult:
-        g, scores, classes = self.gradients(x, target)
-        return CAMResult(
-            maps=normalize(g).float(),
-            raw=g,
-            scores=scores,
-            targets=classes,
-            layer="input",
-            method=self.name,
-        )
+    def terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+        assert grads is not None
+        return grads
 
 
-class GuidedGradCAM:
+@register("guided-gradcam", aliases=("guidedgradcam", "guided-grad-cam"))
+class GuidedGradCAM(BaseCAM):
     r"""Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop times the upsampled Grad-CAM map.
 
     .. math:: G^c = R_{\text{guided}} \odot \mathrm{upsample}(L^c_{\text{Grad-CAM}})
 
-    ``raw`` is the signed product ``(B, C, *spatial)`` (Grad-CAM map scaled to ``[0, 1]``), ``maps`` its
-    per-sample min-max scaling. Two passes: guided gradients must not leak into Grad-CAM's.
+    ``input_maps`` is the signed product ``(B, C, *spatial)`` (the Grad-CAM map scaled to ``[0, 1]``),
+    ``raw`` its :func:`camlens.maps.input_saliency` and ``maps`` that scaled per sample. Two passes, a
+    Grad-CAM at ``layer`` and guided backpropagation for the same targets, so guided gradients never
+    leak into Grad-CAM's. ``eigen_smooth`` and ``fuse`` apply to the Grad-CAM part.
     """
 
-    name: ClassVar[str] = "guided-gradcam"
-    aliases: ClassVar[tuple[str, ...]] = ("guidedgradcam", "guided-grad-cam")
-    takes_layer: ClassVar[bool] = True
+    input_space = True
 
-    def __init__(
-        self, model: nn.Module, layer: LayerSpec = None, *, output: OutputSelector = None
-    ) -> None:
-        self.cam = GradCAM(model, layer, output=output)
-        self.guided = GuidedBackprop(model, output=output)
-        self.model = model
+    def __init__(self, model: nn.Module, layer: LayerSpec = None, **kwargs: Any) -> None:
+        super().__init__(model, layer, **kwargs)
+        self._cam = GradCAM(model, layer, **kwargs)
+        self._guided = GuidedBackprop(model, output=self.output)
 
-    @property
-    def layer_names(self) -> list[str] | None:
-        return self.cam.layer_names
-
-    def with_model(self, model: nn.Module) -> GuidedGradCAM:
-        return type(self)(model, self.cam.layer_names, output=self.cam.output)
-
-    def __call__(self, x: Tensor, target: TargetSpec = None) -> CAMResult:
-        cam = self.cam(x, target)
-        # the guided pass explains the same classes, even if target=None
-        g, _, _ = self.guided.gradients(x, cam.targets if cam.targets is not None else target)
-        raw = g * cam.maps.unsqueeze(1).to(g.dtype)
-        return CAMResult(
-            maps=normalize(raw).float(),
-            raw=raw,
-            scores=cam.scores,
-            targets=cam.targets,
-            layer=cam.layer,
-            method=self.name,
-        )
+    def _run(
+        self,
+        x: Tensor,
+        targets: str | list[TargetSpec],
+        *,
+        counterfactual: bool,
+        eigen_smooth: bool = False,
+    ) -> list[CAMResult]:
+        cams = self._cam._run(x, targets, counterfactual=counterfactual, eigen_smooth=eigen_smooth)
+        # the guided pass explains the same classes that the Grad-CAM pass found (target=None, top-k)
+        specs = [
+            c.targets if c.targets is not None else t
+            for c, t in zip(cams, _specs_like(targets, cams), strict=True)
+        ]
+        guided = self._guided._run(x, specs, counterfactual=counterfactual)
+        out = []
+        for c, g in zip(cams, guided, strict=True):
+            assert g.input_maps is not None
+            attribution = g.input_maps * c.maps.unsqueeze(1).to(g.input_maps.dtype)
+            raw = input_saliency(attribution)
+            out.append(
+                CAMResult(
+                    maps=normalize(raw).float(),
+                    raw=raw,
+                    scores=c.scores,
+                    targets=c.targets,
+                    layer=c.layer,
+                    method=self._label(counterfactual, eigen_smooth),
+                    input_maps=attribution,
+                )
+            )
+        return out

@@ -1,7 +1,14 @@
-"""Methods that weigh channels by perturbing the model: Score-CAM and Ablation-CAM."""
+"""Methods that weigh channels by perturbing the model: Score-CAM and Ablation-CAM.
+
+Their extra forwards run inside :func:`camlens.capture.paused` and under inference mode (through
+:meth:`MapContext.run`), so no capture records them and no autograd graph is built; a model that fails
+in one of them raises the same :class:`~camlens.methods.base.ModelError` as in the first forward.
+"""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +17,10 @@ import torch.fx
 from torch import Tensor, nn
 
 from camlens import maps
-from camlens.capture import LayerSpec
-from camlens.methods.base import BaseCAM, MapContext
-from camlens.targets import ClassTarget, accepts_any_output, resolve, select_output
+from camlens._structure import structure_key
+from camlens.capture import LayerSpec, paused, substitute_output
+from camlens.methods.base import BaseCAM, MapContext, model_error, run_model
+from camlens.methods.registry import register
 
 __all__ = ["AblationCAM", "ScoreCAM"]
 
@@ -25,22 +33,14 @@ def _check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def _sample_target(ctx: MapContext, b: int) -> Callable[[Tensor], Tensor]:
-    """The target of sample ``b`` as a callable on a batch of perturbed copies of that sample."""
-    if ctx.target.classes is not None:
-        return ClassTarget(int(ctx.target.classes[b]))
-    spec = ctx.spec
-    if not callable(spec):
-        raise ValueError("this method needs class targets or a callable target")
-    return spec  # documented: a callable target must score each row on its own
-
-
+@register("scorecam", aliases=("score-cam",))
 class ScoreCAM(BaseCAM):
     r"""Score-CAM (Wang et al., CVPR-W 2020, https://arxiv.org/abs/1910.01279).
 
     Each activation channel, upsampled to the input and min-max normalised to ``[0, 1]``, masks the
     input; the channel's weight is its increase of confidence (the paper's CIC, eq. 5): the target's
-    score on the masked input minus its score on the baseline image ``B``:
+    score on the masked input minus its score on the baseline image ``B``
+    (:func:`camlens.maps.scorecam_weights`):
 
     .. math:: w_k = y^c\big(X \odot H_k + B \odot (1 - H_k)\big) - y^c(B), \qquad
               L = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big)
@@ -48,7 +48,9 @@ class ScoreCAM(BaseCAM):
     ``y^c`` is the softmax-free score (the logit for class targets), as for every camlens method; the
     softmax of the paper's code is not applied. The baseline ``B`` is the all-zeros image by default
     (masked-out pixels are set to 0, as in the paper); ``subtract_baseline=False`` uses the raw scores
-    ``y^c(X \odot H_k + ...)`` instead. The masked inputs run batched under inference mode.
+    ``y^c(X \odot H_k + ...)`` instead. The masked inputs run batched under inference mode. A channel
+    whose mask is constant needs no forward: an all-ones mask leaves the input as it is (its score is
+    the target's own score) and an all-zeros mask gives the baseline; both are filled in exactly.
 
     Args:
         batch_size: masked inputs per forward pass; bounds memory.
@@ -60,8 +62,6 @@ class ScoreCAM(BaseCAM):
     A callable target must score each row of a batch on its own (it sees copies of one sample).
     """
 
-    name = "scorecam"
-    aliases = ("score-cam",)
     needs_grad = False
 
     def __init__(
@@ -76,7 +76,6 @@ class ScoreCAM(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
-        self.subtract_baseline = subtract_baseline
         self.batch_size = _check_batch_size(batch_size)
         if top_k is not None and (
             isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
@@ -86,16 +85,9 @@ class ScoreCAM(BaseCAM):
         if isinstance(baseline, str) and baseline != "zeros":
             raise ValueError(f"baseline must be 'zeros' or a tensor, not {baseline!r}")
         self.baseline = baseline
+        self.subtract_baseline = bool(subtract_baseline)
 
-    def _options(self) -> dict[str, Any]:
-        return {
-            **super()._options(),
-            "batch_size": self.batch_size,
-            "top_k": self.top_k,
-            "baseline": self.baseline,
-        }
-
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         x = ctx.x
         b, k = acts.shape[:2]
         if self.top_k is not None and self.top_k > k:
@@ -103,36 +95,37 @@ class ScoreCAM(BaseCAM):
                 f"top_k={self.top_k} is larger than the {k} channels of layer {ctx.layer!r}; use 1 to {k}"
             )
         size = x.shape[2:]
-        weights = torch.zeros(b, k, device=acts.device)
         base = None if isinstance(self.baseline, str) else self.baseline.to(x)
-        with torch.inference_mode():
-            for i in range(b):
-                chans = torch.arange(k, device=acts.device)
-                if self.top_k is not None:
-                    chans = acts[i].flatten(1).mean(1).topk(self.top_k).indices
-                score_fn = _sample_target(ctx, i)
-                pass_any = accepts_any_output([score_fn])
-                base_score = 0.0
+        masked = torch.zeros(b, k, device=acts.device)
+        base_scores = torch.zeros(b, device=acts.device)
+        keep = torch.zeros(b, k, dtype=torch.bool, device=acts.device)
+        for i in range(b):
+            xi = x[i : i + 1]
+            baseline_image = torch.zeros_like(xi) if base is None else base.expand_as(xi)
+            chans = torch.arange(k, device=acts.device)
+            if self.top_k is not None:
+                chans = acts[i].flatten(1).mean(1).topk(self.top_k).indices
+            keep[i, chans] = True
+            mask = maps.normalize(maps.upsample(acts[i, chans], size)).to(x.dtype)
+            flat = mask.flatten(1)
+            constant = flat.amax(1) == flat.amin(1)
+            ones = constant & (flat[:, 0] > 0)
+            zeros = constant & ~ones
+            # an all-ones mask leaves the input as it is; an all-zeros mask gives the baseline image
+            masked[i, chans[ones]] = ctx.target.scores[i].detach().float().to(acts.device)
+            if self.subtract_baseline or bool(zeros.any()):
+                y_base = ctx.scores(ctx.run(self.model, baseline_image), i)[0].to(acts.device)
+                masked[i, chans[zeros]] = y_base
                 if self.subtract_baseline:
-                    xb = (
-                        torch.zeros_like(x[i : i + 1])
-                        if base is None
-                        else base.expand_as(x[i : i + 1])
-                    )
-                    out_b = select_output(self.model(xb), self.output, passthrough=pass_any)
-                    base_score = float(resolve(score_fn, out_b).scores[0])
-                for start in range(0, len(chans), self.batch_size):
-                    idx = chans[start : start + self.batch_size]
-                    masks = maps.normalize(maps.upsample(acts[i, idx], size)).to(x.dtype)[:, None]
-                    xin = x[i : i + 1] * masks
-                    if base is not None:
-                        xin = xin + base * (1 - masks)
-                    out = select_output(self.model(xin), self.output, passthrough=pass_any)
-                    scores = resolve(score_fn, out).scores.float().to(acts.device)
-                    weights[i, idx] = scores - base_score
-        if ctx.counterfactual:
-            weights = -weights
-        return maps.channel_weighted(acts, weights)
+                    base_scores[i] = y_base
+            todo = (~constant).nonzero().flatten()
+            for start in range(0, len(todo), self.batch_size):
+                idx = todo[start : start + self.batch_size]
+                m = mask[idx].unsqueeze(1)
+                xin = xi * m if base is None else xi * m + baseline_image * (1 - m)
+                masked[i, chans[idx]] = ctx.scores(ctx.run(self.model, xin), i).to(acts.device)
+        weights = maps.scorecam_weights(masked, base_scores)
+        return torch.where(keep, weights, torch.zeros_like(weights))  # top_k: the rest weigh 0
 
 
 class _HeadSplit:
@@ -177,25 +170,61 @@ class _HeadSplit:
         self.head = torch.fx.GraphModule(tracer.root, head)
 
 
+# Traced splits, per model, under (layer, module tree). A split is only a candidate: every call checks
+# it against the live model (AblationCAM._head) before using it.
+_SPLITS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _HeadSplit | Exception]] = (
+    weakref.WeakKeyDictionary()
+)
+_SPLITS_LOCK = threading.Lock()
+
+
+def _traced_split(model: nn.Module, layer: str, *, fresh: bool = False) -> _HeadSplit:
+    """A torch.fx split of ``model`` at ``layer``, from the cache unless ``fresh``; raises if fx fails."""
+    key = (layer, structure_key(model))
+    with _SPLITS_LOCK:
+        known = None if fresh else _SPLITS.get(model, {}).get(key)
+    if known is None:
+        try:
+            known = _HeadSplit(model, layer)
+        except Exception as e:  # fx cannot trace every model
+            known = e
+        with _SPLITS_LOCK:
+            per_model = _SPLITS.setdefault(model, {})
+            if len(per_model) > 16:
+                per_model.clear()
+            per_model[key] = known
+    if isinstance(known, Exception):
+        raise known
+    return known
+
+
+HeadRunner = Callable[[int, Tensor], Any]
+
+
+@register("ablationcam", aliases=("ablation-cam",))
 class AblationCAM(BaseCAM):
     r"""Ablation-CAM (Desai & Ramaswamy, WACV 2020, https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html).
 
-    A channel's weight is the relative drop of the target score when that channel is zeroed:
+    A channel's weight is the relative drop of the target score when that channel is zeroed
+    (:func:`camlens.maps.ablation_weights`):
 
     .. math:: w_k = \frac{y^c - y^c_k}{y^c}, \qquad L = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big)
 
     Only the part of the model after the layer runs on the ablated activations: the model is split at
-    the layer with ``torch.fx`` where it traces; otherwise (or with ``split="hook"``) a forward hook
-    substitutes the layer's output and the whole model runs per batch of ablations. A score of exactly 0
-    is not divided by. For a GAP + linear head, ``w_k = W_{c,k} \bar{A}^k / y^c`` in closed form.
+    the layer with ``torch.fx``. The split is checked against the live model on every call: the head
+    applied to the prefix's values must give the model's own output for that batch (a head replaced
+    since the trace, a flag read in ``forward``, a forward hook or pre-hook that fx does not see would
+    all break that). A split that fails the check is traced again once; if it still fails, or fx cannot
+    trace the model, a forward hook substitutes the layer's output and the whole model runs per batch
+    of ablations. ``result.details["split"]`` says which was used (``"fx"`` or ``"hook"``). For a
+    GAP + linear head, ``w_k = W_{c,k} \bar{A}^k / y^c`` in closed form.
 
     Args:
         batch_size: ablated copies per head run; bounds memory.
-        split: ``"auto"`` (fx, falling back to the hook), ``"fx"`` or ``"hook"``.
+        split: ``"auto"`` (fx where it reproduces the model, else the hook), ``"fx"`` (an error where it
+            does not) or ``"hook"``.
     """
 
-    name = "ablationcam"
-    aliases = ("ablation-cam",)
     needs_grad = False
 
     def __init__(
@@ -212,100 +241,114 @@ class AblationCAM(BaseCAM):
         if split not in ("auto", "fx", "hook"):
             raise ValueError(f"split must be 'auto', 'fx' or 'hook', not {split!r}")
         self.split = split
-        self._splits: dict[str, _HeadSplit | None] = {}
-        self._values: tuple[Any, ...] | None = None
-        self.split_used: str | None = None
 
-    def _options(self) -> dict[str, Any]:
-        return {**super()._options(), "batch_size": self.batch_size, "split": self.split}
-
-    def _get_split(self, layer: str) -> _HeadSplit | None:
-        if self.split == "hook":
-            return None
-        if layer not in self._splits:
-            try:
-                self._splits[layer] = _HeadSplit(self.model, layer)
-            except Exception as e:  # fx cannot trace every model: fall back to the hook
-                if self.split == "fx":
-                    raise ValueError(
-                        f"torch.fx could not split the model at {layer!r}: {e}; use split='hook'"
-                    ) from e
-                self._splits[layer] = None
-        return self._splits[layer]
-
-    def _forward(self, x: Tensor) -> Any:
-        names = self.layer_names or []
-        split = self._get_split(names[0]) if len(names) == 1 else None
-        if split is None:
-            self._values = None
-            return super()._forward(x)
-        try:
-            self._values = split.prefix(x)
-            return split.head(*self._values)
-        except Exception as e:
-            raise self._model_error(x, e) from e
-
-    def _terms(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
+    def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         b, k = acts.shape[:2]
-        y = ctx.target.scores.detach().float()
-        weights = torch.zeros(b, k, device=acts.device)
-        raw_act = ctx.capture.activations[
-            ctx.layer
-        ].detach()  # the layer's own layout (before reshape)
-        if raw_act.shape[1] == k and raw_act.ndim == acts.ndim:
-            shape = (k, *([1] * (raw_act.ndim - 2)))  # channels first
-        elif raw_act.shape[-1] == k:
-            shape = (*([1] * (raw_act.ndim - 2)), k)  # channels last (tokens)
+        act = ctx.activation  # the layer's own layout (before any reshape to (B, K, *s))
+        if act.shape[1] == k and act.ndim == acts.ndim:
+            shape = (k, *([1] * (act.ndim - 2)))  # channels first
+        elif act.shape[-1] == k:
+            shape = (*([1] * (act.ndim - 2)), k)  # channels last (tokens)
         else:
             raise ValueError(
-                f"cannot find the {k} channels in layer {ctx.layer!r}'s output {tuple(raw_act.shape)}"
+                f"cannot find the {k} channels in layer {ctx.layer!r}'s output {tuple(act.shape)}"
             )
-        eye = torch.eye(k, device=acts.device, dtype=torch.bool)
-        with torch.inference_mode():
-            for i in range(b):
-                score_fn = _sample_target(ctx, i)
-                for start in range(0, k, self.batch_size):
-                    keep = ~eye[
-                        start : start + self.batch_size
-                    ]  # (n, K): False at the ablated channel
-                    n = keep.shape[0]
-                    ablated = raw_act[i : i + 1] * keep.reshape(n, *shape).to(raw_act.dtype)
-                    out = select_output(
-                        self._run_head(ctx.x, i, ablated, ctx.layer),
-                        self.output,
-                        passthrough=accepts_any_output([score_fn]),
-                    )
-                    weights[i, start : start + n] = resolve(score_fn, out).scores.float()
-        denom = torch.where(y != 0, y, torch.ones_like(y))[:, None]
-        weights = (y[:, None] - weights) / denom
-        if ctx.counterfactual:
-            weights = -weights
-        return maps.channel_weighted(acts, weights)
+        run_head = self._head(ctx)
+        eye = torch.eye(k, device=act.device, dtype=torch.bool)
+        ablated_scores = torch.zeros(b, k, device=acts.device)
+        for i in range(b):
+            for start in range(0, k, self.batch_size):
+                keep = ~eye[start : start + self.batch_size]  # (n, K): False at the ablated channel
+                n = keep.shape[0]
+                ablated = act[i : i + 1] * keep.reshape(n, *shape).to(act.dtype)
+                out = run_head(i, ablated)
+                ablated_scores[i, start : start + n] = ctx.scores(out, i).to(acts.device)
+        return maps.ablation_weights(ctx.target.scores.detach().float(), ablated_scores)
 
-    def _run_head(self, x: Tensor, i: int, ablated: Tensor, layer: str) -> Any:
-        n = ablated.shape[0]
-        if self._values is not None:
-            self.split_used = "fx"
-            b = x.shape[0]
+    # ---- running the head ------------------------------------------------------------------------
+    def _head(self, ctx: MapContext) -> HeadRunner:
+        """How to run the model after ``ctx.layer`` on ablated activations, decided once per call."""
+        key = f"ablation-head:{ctx.layer}"
+        if key not in ctx.scratch:
+            runner, used = self._choose_head(ctx)
+            ctx.scratch[key] = (runner, used)
+        runner, used = ctx.scratch[key]
+        ctx.details["split"] = used
+        return runner
+
+    def _choose_head(self, ctx: MapContext) -> tuple[HeadRunner, str]:
+        if self.split != "hook":
+            problem = "torch.fx could not trace the model"
+            for fresh in (False, True):
+                try:
+                    split = _traced_split(self.model, ctx.layer, fresh=fresh)
+                except Exception as e:
+                    problem = f"torch.fx could not split the model at {ctx.layer!r}: {e}"
+                    break
+                runner = self._verified_fx(split, ctx)
+                if runner is not None:
+                    return runner, "fx"
+                problem = (
+                    f"torch.fx's split at {ctx.layer!r} does not reproduce the model's output (a "
+                    "forward hook, a pre-hook or a flag read in forward that the trace cannot see)"
+                )
+            if self.split == "fx":
+                raise ValueError(f"{problem}; use split='hook' or split='auto'")
+        return self._hook_runner(ctx), "hook"
+
+    def _verified_fx(self, split: _HeadSplit, ctx: MapContext) -> HeadRunner | None:
+        """A runner on ``split``'s head if head(prefix(x)) equals the model's own output, else None."""
+        x = ctx.x
+        try:
+            with paused(), torch.inference_mode():
+                values = split.prefix(x)
+                out = split.head(*values)
+            got = torch.stack([ctx.scores(out, i)[i] for i in range(x.shape[0])])
+        except Exception:
+            return None
+        want = ctx.target.scores.detach().float().to(got.device)
+        if got.shape != want.shape or not torch.allclose(
+            got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-6
+        ):
+            return None
+        selected = ctx.output
+        if isinstance(selected, Tensor):  # the whole output, not just this target's score
+            from camlens.targets import select_output
+
+            mine = select_output(out, ctx.selector, passthrough=False)
+            if not isinstance(mine, Tensor) or mine.shape != selected.shape:
+                return None
+            ref = selected.detach().float()
+            if not torch.allclose(
+                mine.float(), ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()) + 1e-6
+            ):
+                return None
+        batch = x.shape[0]
+
+        def run(i: int, ablated: Tensor) -> Any:
+            n = ablated.shape[0]
             rest = [
                 v[i : i + 1].expand(n, *v.shape[1:]).contiguous()
-                if isinstance(v, Tensor) and v.ndim and v.shape[0] == b
+                if isinstance(v, Tensor) and v.ndim and v.shape[0] == batch
                 else v
-                for v in self._values[1:]
+                for v in values[1:]
             ]
-            split = self._splits[layer]
-            assert split is not None
-            return split.head(ablated, *rest)
-        self.split_used = "hook"
-        module = self.model.get_submodule(layer)
+            try:
+                with paused(), torch.inference_mode():
+                    return split.head(ablated, *rest)
+            except Exception as e:
+                raise model_error(ablated, e) from e
 
-        def substitute(_m: nn.Module, _i: Any, output: Any) -> Any:
-            if isinstance(output, Tensor):
-                return ablated
-            return (ablated, *output[1:])
+        return run
 
-        handle = module.register_forward_hook(substitute)
-        try:
-            return self.model(x[i : i + 1].expand(n, *x.shape[1:]))
-        finally:
-            handle.remove()
+    def _hook_runner(self, ctx: MapContext) -> HeadRunner:
+        module = self.model.get_submodule(ctx.layer)
+        x = ctx.x
+
+        def run(i: int, ablated: Tensor) -> Any:
+            n = ablated.shape[0]
+            # the substitution's own scope is the active one: no other capture records this forward
+            with substitute_output(module, ablated), torch.inference_mode():
+                return run_model(self.model, x[i : i + 1].expand(n, *x.shape[1:]))
+
+        return run

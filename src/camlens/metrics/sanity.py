@@ -227,7 +227,9 @@ def _reinit(module: nn.Module, recurse: bool = True) -> None:
 
 
 def _map_fn(method: Any) -> MapFn:
-    if hasattr(method, "with_model"):
+    from camlens.methods import BaseCAM
+
+    if isinstance(method, BaseCAM):
 
         def run(model: nn.Module, x: Tensor, target: TargetSpec) -> Any:
             return method.with_model(model)(x, target=target)
