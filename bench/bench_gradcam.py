@@ -4,7 +4,7 @@ Run from the repository root (CPU; with the defaults 7.5 minutes on a busy, shar
 less on an idle one)::
 
     python bench/bench_gradcam.py [--repeats 7] [--batch-time 8] [--batch-mem 32] [--threads T]
-                                  [--json out.json]
+                                  [--thread-rounds 3] [--only time,memory,threads] [--json out.json]
 
 It prints a Markdown table with, for each contender, the median time of one call at batch 8 and the
 peak memory above the loaded model of one call at batch 32, both also as ratios to plain inference,
@@ -63,6 +63,14 @@ buffers are recycled through a fragmenting heap and the peak RSS of identical ru
 moved by about 50 MiB (392 to 441 MiB at batch 32, +-12%), more than the differences this measures;
 with the frozen threshold repeated runs agree within 0.1 MiB, so ``--mem-runs`` defaults to 1 (the
 minimum over the runs is reported). The timing runs in this process, with the allocator as it is.
+
+Threads: one model and one ``camlens.GradCAM`` object shared by two Python threads, against one thread
+doing the same calls in turn (``--thread-rounds`` rounds, each: one thread makes 4 calls at batch
+``--batch-time``, then two threads make 2 calls each at the same time; plain inference the same way
+beside it, as the reference for what the cores allow). Throughput is images per second of wall clock,
+median over the rounds; every map of the two-thread runs is checked against the one-thread maps. camlens
+serialises nothing: each call's capture belongs to its own thread (``camlens.capture``), so what two
+threads gain is what the cores have left after torch's own intra-op threads.
 
 torchvision on the CI machine is a CUDA build beside a CPU torch; ``tests/support/tv_cpu_shim.py``
 makes it importable and is imported first (a no-op where torchvision works).
@@ -192,6 +200,59 @@ def measure_time(batch: int, repeats: int) -> dict[str, list[float]]:
     return samples
 
 
+# ---- threads ---------------------------------------------------------------------------------------
+def measure_threads(batch: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Images per second of one thread making 4 calls and of two threads making 2 calls each at once.
+
+    Returns ``{contender: {"1 thread": [...], "2 threads": [...]}}`` for ``inference`` and ``camlens``,
+    one value per round; raises if a map from the two-thread runs differs from the one-thread map.
+    """
+    import threading
+
+    model = build_model()
+    cam = camlens.GradCAM(model, layer="layer4")
+    xs = [torch.rand(batch, 3, SIZE, SIZE) for _ in range(2)]
+    with torch.no_grad():
+        infer = {"inference": lambda x: model(x), "camlens": lambda x: cam(x, target=TARGET).maps}
+        expected = [cam(x, target=TARGET).maps for x in xs]
+    out: dict[str, dict[str, list[float]]] = {n: {"1 thread": [], "2 threads": []} for n in infer}
+
+    def calls(name: str, x_ids: list[int], results: list[Any]) -> None:
+        for i in x_ids:
+            with torch.no_grad():
+                results.append((i, infer[name](xs[i])))
+
+    for r in range(rounds + 1):  # round 0 warms up
+        for name in infer:
+            gc.collect()
+            got: list[Any] = []
+            t0 = time.perf_counter()
+            calls(name, [0, 1, 0, 1], got)
+            one = 4 * batch / (time.perf_counter() - t0)
+            gc.collect()
+            got2: list[list[Any]] = [[], []]
+            threads = [
+                threading.Thread(target=calls, args=(name, [k, k], got2[k])) for k in range(2)
+            ]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            two = 4 * batch / (time.perf_counter() - t0)
+            if name == "camlens":
+                for i, maps in got2[0] + got2[1]:
+                    if not torch.allclose(maps, expected[i], atol=1e-5):
+                        raise AssertionError(
+                            "a map from two threads differs from the sequential one"
+                        )
+            if r > 0:
+                out[name]["1 thread"].append(one)
+                out[name]["2 threads"].append(two)
+        print(f"  threads round {r}/{rounds} done", file=sys.stderr, flush=True)
+    return out
+
+
 # ---- memory ----------------------------------------------------------------------------------------
 def peak_rss_kib() -> tuple[int, str]:
     """The RSS high-water mark of this process's memory image, and where it was read."""
@@ -299,51 +360,8 @@ def version(dist: str) -> str:
         return "?"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument(
-        "--repeats", type=int, default=7, help="timed rounds after 2 warm-up calls (default 7)"
-    )
-    p.add_argument("--batch-time", type=int, default=8, help="batch size of the timing (default 8)")
-    p.add_argument(
-        "--batch-mem", type=int, default=32, help="batch size of the memory runs (default 32)"
-    )
-    p.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads"
-    )
-    p.add_argument(
-        "--mem-runs", type=int, default=1, help="fresh processes per contender; min is kept"
-    )
-    p.add_argument("--json", type=Path, help="also write the numbers to this file")
-    p.add_argument("--mem-worker", choices=CONTENDERS, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if (
-        args.repeats < 1
-        or args.batch_time < 1
-        or args.batch_mem < 1
-        or args.threads < 1
-        or args.mem_runs < 1
-    ):
-        p.error("--repeats, --batch-*, --threads and --mem-runs must be at least 1")
-
-    if args.mem_worker:
-        mem_worker(args.mem_worker, args.batch_mem, args.threads)
-        return 0
-
-    torch.set_num_threads(args.threads)
-    header = [
-        "# Grad-CAM cost on ResNet-50 (random weights, 224x224, CPU)",
-        "",
-        f"- machine: {machine()}",
-        f"- torch {torch.__version__}, torchvision {torchvision.__version__}, camlens {camlens.__version__}, "
-        f"grad-cam {version('grad-cam')}, captum {version('captum')}, Python {platform.python_version()}",
-        f"- threads: {args.threads}; time: median of {args.repeats} interleaved rounds after {WARMUP} warm-up "
-        f"calls, batch {args.batch_time}; memory: peak RSS above the loaded model, batch {args.batch_mem}, "
-        f"fresh process per contender, min of {args.mem_runs} runs",
-        "",
-    ]
-    print("\n".join(header), flush=True)
-
+def time_and_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """The time and memory table with its goals; returns the numbers for ``--json``."""
     print(f"timing at batch {args.batch_time} ...", file=sys.stderr, flush=True)
     samples = measure_time(args.batch_time, args.repeats)
     print(f"memory at batch {args.batch_mem} ...", file=sys.stderr, flush=True)
@@ -392,42 +410,136 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\n".join(lines), flush=True)
 
+    return {
+        "repeats": args.repeats,
+        "warmup": WARMUP,
+        "batch_time": args.batch_time,
+        "batch_mem": args.batch_mem,
+        "mem_runs": args.mem_runs,
+        "mem_worker_env": {
+            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
+            "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072"),
+        },
+        "results": {
+            n: {
+                "time_ms_median": t_med[n] * 1e3,
+                "time_ms_samples": [s * 1e3 for s in samples[n]],
+                "time_ratio": t_ratio[n],
+                "mem_mib": mem[n],
+                "mem_mib_runs": [r["above_kib"] / 1024 for r in mem_runs[n]],
+                "mem_baseline_mib_runs": [r["baseline_kib"] / 1024 for r in mem_runs[n]],
+                "mem_ratio": m_ratio[n],
+            }
+            for n in CONTENDERS
+        },
+        "captum_note": "LayerGradCam returns the 7x7 layer map: no upsampling, no normalisation",
+        "goals": [{"goal": text, "met": ok, "measured": value} for text, ok, value in goals],
+    }
+
+
+def thread_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Throughput of two threads sharing one model and one GradCAM, against one thread."""
+    print(f"threads at batch {args.batch_time} ...", file=sys.stderr, flush=True)
+    res = measure_threads(args.batch_time, args.thread_rounds)
+    med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in res.items()}
+    lines = [
+        "",
+        f"Two threads sharing one model (batch {args.batch_time}, median of {args.thread_rounds} "
+        "rounds; every two-thread map equals the one-thread map):",
+        "",
+        "| contender | 1 thread (images/s) | 2 threads (images/s) | 2 threads / 1 thread |",
+        "|---|---:|---:|---:|",
+    ]
+    for n, d in med.items():
+        lines.append(
+            f"| {n} | {d['1 thread']:.2f} | {d['2 threads']:.2f} | "
+            f"{d['2 threads'] / d['1 thread']:.2f}x |"
+        )
+    print("\n".join(lines), flush=True)
+    return {"batch": args.batch_time, "rounds": args.thread_rounds, "images_per_s": res}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument(
+        "--repeats", type=int, default=7, help="timed rounds after 2 warm-up calls (default 7)"
+    )
+    p.add_argument("--batch-time", type=int, default=8, help="batch size of the timing (default 8)")
+    p.add_argument(
+        "--batch-mem", type=int, default=32, help="batch size of the memory runs (default 32)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads"
+    )
+    p.add_argument(
+        "--mem-runs", type=int, default=1, help="fresh processes per contender; min is kept"
+    )
+    p.add_argument(
+        "--thread-rounds", type=int, default=3, help="rounds of the thread measurement (default 3)"
+    )
+    p.add_argument(
+        "--only",
+        default="time,memory,threads",
+        help="comma-separated sections to run: time, memory, threads (default: all)",
+    )
+    p.add_argument("--json", type=Path, help="also write the numbers to this file")
+    p.add_argument("--mem-worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if (
+        args.repeats < 1
+        or args.batch_time < 1
+        or args.batch_mem < 1
+        or args.threads < 1
+        or args.mem_runs < 1
+        or args.thread_rounds < 1
+    ):
+        p.error(
+            "--repeats, --batch-*, --threads, --mem-runs and --thread-rounds must be at least 1"
+        )
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    if not sections or not sections <= {"time", "memory", "threads"}:
+        p.error("--only takes a comma-separated subset of: time, memory, threads")
+
+    if args.mem_worker:
+        mem_worker(args.mem_worker, args.batch_mem, args.threads)
+        return 0
+
+    torch.set_num_threads(args.threads)
+    header = [
+        "# Grad-CAM cost on ResNet-50 (random weights, 224x224, CPU)",
+        "",
+        f"- machine: {machine()}",
+        f"- torch {torch.__version__}, torchvision {torchvision.__version__}, camlens {camlens.__version__}, "
+        f"grad-cam {version('grad-cam')}, captum {version('captum')}, Python {platform.python_version()}",
+        f"- threads: {args.threads}; time: median of {args.repeats} interleaved rounds after {WARMUP} warm-up "
+        f"calls, batch {args.batch_time}; memory: peak RSS above the loaded model, batch {args.batch_mem}, "
+        f"fresh process per contender, min of {args.mem_runs} runs",
+        "",
+    ]
+    print("\n".join(header), flush=True)
+
+    data: dict[str, Any] = {}
+    if {"time", "memory"} <= sections:
+        data.update(time_and_memory(args))
+    elif sections & {"time", "memory"}:
+        p.error("time and memory are measured together; pass both or neither")
+    if "threads" in sections:
+        data["threads"] = thread_section(args)
     if args.json:
-        data = {
-            "machine": machine(),
-            "versions": {
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "camlens": camlens.__version__,
-                "grad-cam": version("grad-cam"),
-                "captum": version("captum"),
-                "python": platform.python_version(),
-            },
-            "threads": args.threads,
-            "repeats": args.repeats,
-            "warmup": WARMUP,
-            "batch_time": args.batch_time,
-            "batch_mem": args.batch_mem,
-            "mem_runs": args.mem_runs,
-            "mem_worker_env": {
-                "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
-                "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072"),
-            },
-            "results": {
-                n: {
-                    "time_ms_median": t_med[n] * 1e3,
-                    "time_ms_samples": [s * 1e3 for s in samples[n]],
-                    "time_ratio": t_ratio[n],
-                    "mem_mib": mem[n],
-                    "mem_mib_runs": [r["above_kib"] / 1024 for r in mem_runs[n]],
-                    "mem_baseline_mib_runs": [r["baseline_kib"] / 1024 for r in mem_runs[n]],
-                    "mem_ratio": m_ratio[n],
-                }
-                for n in CONTENDERS
-            },
-            "captum_note": "LayerGradCam returns the 7x7 layer map: no upsampling, no normalisation",
-            "goals": [{"goal": text, "met": ok, "measured": value} for text, ok, value in goals],
-        }
+        data.update(
+            {
+                "machine": machine(),
+                "versions": {
+                    "torch": torch.__version__,
+                    "torchvision": torchvision.__version__,
+                    "camlens": camlens.__version__,
+                    "grad-cam": version("grad-cam"),
+                    "captum": version("captum"),
+                    "python": platform.python_version(),
+                },
+                "threads_intra_op": args.threads,
+            }
+        )
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 

@@ -284,3 +284,99 @@ def test_bad_arguments_name_the_argument(gapnet: GapNet) -> None:
             camlens.get_method(name)(gapnet, layer="fc")(x)
     with pytest.raises(ValueError, match="fuse must be"):
         camlens.GradCAM(gapnet, fuse="median")
+
+
+# ---- nothing stale, nothing recorded twice -------------------------------------------------------
+
+
+def test_ablation_hook_path_for_targets_equals_separate_calls(gapnet: GapNet) -> None:
+    x = torch.rand(2, 3, 16, 16)
+    cam = camlens.AblationCAM(gapnet, layer="features", split="hook")
+    both = cam.for_targets(x, [0, 1])
+    for res, t in zip(both, [0, 1], strict=True):
+        alone = cam(x, target=t)
+        assert res.details["split"] == alone.details["split"] == "hook"
+        torch.testing.assert_close(res.raw, alone.raw, rtol=0, atol=0)
+
+
+class ScaledHead(GapNet):
+    """A plain-float attribute read in forward: torch.fx freezes its value into the trace."""
+
+    scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale
+
+
+def test_ablation_fx_split_follows_the_live_model() -> None:
+    net = ScaledHead().eval()
+    x = torch.rand(2, 3, 16, 16)
+    cam = camlens.AblationCAM(net, layer="features")
+
+    def fresh_hook_result() -> camlens.CAMResult:
+        return camlens.AblationCAM(net, layer="features", split="hook")(x, target=[1, 3])
+
+    first = cam(x, target=[1, 3])
+    assert first.details["split"] == "fx"
+    torch.testing.assert_close(first.raw, fresh_hook_result().raw, rtol=1e-4, atol=1e-6)
+    # a replaced head: the cached trace holds the old one, the check sees it, the model is re-traced
+    torch.manual_seed(5)
+    net.fc = nn.Linear(8, 5)
+    res = cam(x, target=[1, 3])
+    assert res.details["split"] == "fx"
+    torch.testing.assert_close(res.raw, fresh_hook_result().raw, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(res.scores, net(x)[:, [1, 3]].diagonal())
+    # a flag read in forward changed since the trace: re-traced with its new value
+    net.scale = -2.0
+    res = cam(x, target=[1, 3])
+    assert res.details["split"] == "fx"
+    torch.testing.assert_close(res.raw, fresh_hook_result().raw, rtol=1e-4, atol=1e-6)
+    # a root forward pre-hook, which no trace sees: the hook path, and the same maps as a fresh call
+    h = net.register_forward_pre_hook(lambda m, args: (args[0].flip(-1),))
+    try:
+        res = cam(x, target=[1, 3])
+        assert res.details["split"] == "hook"
+        torch.testing.assert_close(res.raw, fresh_hook_result().raw, rtol=1e-4, atol=1e-6)
+        with pytest.raises(ValueError, match="does not reproduce the model's output"):
+            camlens.AblationCAM(net, layer="features", split="fx")(x, target=1)
+    finally:
+        h.remove()
+
+
+@pytest.mark.parametrize("name", ["scorecam", "ablationcam", "guided-gradcam", "gradcam"])
+def test_a_capture_records_only_the_forward_of_its_own_call(name: str, gapnet: GapNet) -> None:
+    """A method run inside someone else's open capture: its forwards, internal ones included, are
+    not recorded there, and the outer capture still records its own forward afterwards."""
+    x = torch.rand(2, 3, 16, 16)
+    with camlens.LayerCapture([("features", gapnet.features)], grad=False) as outer:
+        camlens.get_method(name)(gapnet, layer="features")(x, target=1)
+        assert outer.calls == {}
+        gapnet(x)
+    assert outer.calls == {"features": 1}
+    torch.testing.assert_close(outer.activations["features"], gapnet.features(x))
+
+
+def test_scorecam_skips_constant_masks_exactly() -> None:
+    """Channels whose mask is constant need no forward: all ones is the input, all zeros the baseline."""
+
+    class Counting(GapNet):
+        batches: list[int] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.batches.append(x.shape[0])
+            return super().forward(x)
+
+    net = Counting().eval()
+    with torch.no_grad():
+        net.features[2].weight[:3] = 0  # channels 0-2 output their bias alone: constant maps
+        net.features[2].bias[:3] = torch.tensor([0.5, -0.5, 0.0])
+    x = torch.rand(1, 3, 16, 16)
+    res = camlens.ScoreCAM(net, layer="features", batch_size=64)(x, target=2)
+    # one forward (the call), one for the baseline image, one batch of the 5 channels that vary
+    assert net.batches == [1, 1, 5]
+    # the same weights as masking every channel by hand
+    acts = net.features(x).detach()
+    m = maps.normalize(maps.upsample(acts[0], (16, 16)))[:, None]
+    with torch.no_grad():
+        w = super(Counting, net).forward(x * m)[:, 2] - super(Counting, net).forward(0 * x)[:, 2]
+    torch.testing.assert_close(res.raw[0], F.relu((w[:, None, None] * acts[0]).sum(0)))

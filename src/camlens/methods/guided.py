@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from camlens.capture import LayerSpec
+from camlens.capture import LayerSpec, paused
 from camlens.maps import input_saliency, normalize
 from camlens.methods.base import BaseCAM, MapContext, Observation, _specs_like, run_model
 from camlens.methods.gradient import GradCAM
@@ -78,7 +78,7 @@ class GuidedBackprop(BaseCAM):
 
     def _observe(self, x: Tensor, layers: list[tuple[str, nn.Module]]) -> Observation:
         leaf = x.detach().requires_grad_(True)
-        with torch.enable_grad(), _GuidedMode():
+        with paused(), torch.enable_grad(), _GuidedMode():  # no capture of this context records it
             out = run_model(self.model, leaf)
         return Observation(out, {"input": leaf})
 
