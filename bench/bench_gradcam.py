@@ -4,7 +4,7 @@ Run from the repository root (CPU; with the defaults 7.5 minutes on a busy, shar
 less on an idle one)::
 
     python bench/bench_gradcam.py [--repeats 7] [--batch-time 8] [--batch-mem 32] [--threads T]
-                                  [--thread-rounds 3] [--only time,memory,threads] [--json out.json]
+                                  [--thread-rounds 5] [--only time,memory,threads] [--json out.json]
 
 It prints a Markdown table with, for each contender, the median time of one call at batch 8 and the
 peak memory above the loaded model of one call at batch 32, both also as ratios to plain inference,
@@ -66,11 +66,13 @@ minimum over the runs is reported). The timing runs in this process, with the al
 
 Threads: one model and one ``camlens.GradCAM`` object shared by two Python threads, against one thread
 doing the same calls in turn (``--thread-rounds`` rounds, each: one thread makes 4 calls at batch
-``--batch-time``, then two threads make 2 calls each at the same time; plain inference the same way
-beside it, as the reference for what the cores allow). Throughput is images per second of wall clock,
-median over the rounds; every map of the two-thread runs is checked against the one-thread maps. camlens
-serialises nothing: each call's capture belongs to its own thread (``camlens.capture``), so what two
-threads gain is what the cores have left after torch's own intra-op threads.
+``--batch-time``, and two threads make 2 calls each at the same time; plain inference the same way
+beside it, as the reference for what the cores allow; the order rotates every round). Throughput is
+images per second of wall clock, median over the rounds; every map of the two-thread runs is checked
+against the one-thread maps. It is measured with ``--threads`` intra-op threads and with 1: camlens
+serialises nothing (each call's capture belongs to its own thread, ``camlens.capture``), so with one
+intra-op thread per call two threads can use two cores, and with torch's default what two threads gain
+is what the cores have left after torch's own intra-op threads.
 
 torchvision on the CI machine is a CUDA build beside a CPU torch; ``tests/support/tv_cpu_shim.py``
 makes it importable and is imported first (a no-op where torchvision works).
@@ -205,50 +207,52 @@ def measure_threads(batch: int, rounds: int) -> dict[str, dict[str, list[float]]
     """Images per second of one thread making 4 calls and of two threads making 2 calls each at once.
 
     Returns ``{contender: {"1 thread": [...], "2 threads": [...]}}`` for ``inference`` and ``camlens``,
-    one value per round; raises if a map from the two-thread runs differs from the one-thread map.
+    one value per round; the four measurements of a round run in a rotating order. Raises if a map
+    from the two-thread runs differs from the one-thread map.
     """
     import threading
 
     model = build_model()
     cam = camlens.GradCAM(model, layer="layer4")
     xs = [torch.rand(batch, 3, SIZE, SIZE) for _ in range(2)]
+    infer = {"inference": lambda x: model(x), "camlens": lambda x: cam(x, target=TARGET).maps}
     with torch.no_grad():
-        infer = {"inference": lambda x: model(x), "camlens": lambda x: cam(x, target=TARGET).maps}
         expected = [cam(x, target=TARGET).maps for x in xs]
-    out: dict[str, dict[str, list[float]]] = {n: {"1 thread": [], "2 threads": []} for n in infer}
 
     def calls(name: str, x_ids: list[int], results: list[Any]) -> None:
         for i in x_ids:
             with torch.no_grad():
                 results.append((i, infer[name](xs[i])))
 
+    def one_thread(name: str) -> float:
+        got: list[Any] = []
+        t0 = time.perf_counter()
+        calls(name, [0, 1, 0, 1], got)
+        return 4 * batch / (time.perf_counter() - t0)
+
+    def two_threads(name: str) -> float:
+        got: list[list[Any]] = [[], []]
+        threads = [threading.Thread(target=calls, args=(name, [k, k], got[k])) for k in range(2)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rate = 4 * batch / (time.perf_counter() - t0)
+        if name == "camlens":
+            for i, maps in got[0] + got[1]:
+                if not torch.allclose(maps, expected[i], atol=1e-5):
+                    raise AssertionError("a map from two threads differs from the sequential one")
+        return rate
+
+    jobs = [(n, k) for n in infer for k in ("1 thread", "2 threads")]
+    out: dict[str, dict[str, list[float]]] = {n: {"1 thread": [], "2 threads": []} for n in infer}
     for r in range(rounds + 1):  # round 0 warms up
-        for name in infer:
+        for name, kind in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:
             gc.collect()
-            got: list[Any] = []
-            t0 = time.perf_counter()
-            calls(name, [0, 1, 0, 1], got)
-            one = 4 * batch / (time.perf_counter() - t0)
-            gc.collect()
-            got2: list[list[Any]] = [[], []]
-            threads = [
-                threading.Thread(target=calls, args=(name, [k, k], got2[k])) for k in range(2)
-            ]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            two = 4 * batch / (time.perf_counter() - t0)
-            if name == "camlens":
-                for i, maps in got2[0] + got2[1]:
-                    if not torch.allclose(maps, expected[i], atol=1e-5):
-                        raise AssertionError(
-                            "a map from two threads differs from the sequential one"
-                        )
+            rate = one_thread(name) if kind == "1 thread" else two_threads(name)
             if r > 0:
-                out[name]["1 thread"].append(one)
-                out[name]["2 threads"].append(two)
+                out[name][kind].append(rate)
         print(f"  threads round {r}/{rounds} done", file=sys.stderr, flush=True)
     return out
 
@@ -438,25 +442,32 @@ def time_and_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def thread_section(args: argparse.Namespace) -> dict[str, Any]:
-    """Throughput of two threads sharing one model and one GradCAM, against one thread."""
-    print(f"threads at batch {args.batch_time} ...", file=sys.stderr, flush=True)
-    res = measure_threads(args.batch_time, args.thread_rounds)
-    med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in res.items()}
+    """Throughput of two threads sharing one model and one GradCAM, against one thread.
+
+    Measured twice: with ``--threads`` intra-op threads (torch's default use of the cores) and with 1,
+    where each call uses one core and two threads can only gain if their calls really overlap.
+    """
+    data: dict[str, Any] = {"batch": args.batch_time, "rounds": args.thread_rounds}
     lines = [
         "",
-        f"Two threads sharing one model (batch {args.batch_time}, median of {args.thread_rounds} "
-        "rounds; every two-thread map equals the one-thread map):",
+        f"Two threads sharing one model and one GradCAM object (batch {args.batch_time}, median of "
+        f"{args.thread_rounds} rounds; every two-thread map equals the one-thread map):",
         "",
-        "| contender | 1 thread (images/s) | 2 threads (images/s) | 2 threads / 1 thread |",
-        "|---|---:|---:|---:|",
+        "| intra-op threads | contender | 1 thread (images/s) | 2 threads (images/s) "
+        "| 2 threads / 1 thread |",
+        "|---:|---|---:|---:|---:|",
     ]
-    for n, d in med.items():
-        lines.append(
-            f"| {n} | {d['1 thread']:.2f} | {d['2 threads']:.2f} | "
-            f"{d['2 threads'] / d['1 thread']:.2f}x |"
-        )
+    for intra in sorted({1, args.threads}):
+        torch.set_num_threads(intra)
+        print(f"threads at batch {args.batch_time}, {intra} intra-op ...", file=sys.stderr)
+        res = measure_threads(args.batch_time, args.thread_rounds)
+        data[f"intra_op_{intra}"] = res
+        for n, d in res.items():
+            one, two = statistics.median(d["1 thread"]), statistics.median(d["2 threads"])
+            lines.append(f"| {intra} | {n} | {one:.2f} | {two:.2f} | {two / one:.2f}x |")
+    torch.set_num_threads(args.threads)
     print("\n".join(lines), flush=True)
-    return {"batch": args.batch_time, "rounds": args.thread_rounds, "images_per_s": res}
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "--mem-runs", type=int, default=1, help="fresh processes per contender; min is kept"
     )
     p.add_argument(
-        "--thread-rounds", type=int, default=3, help="rounds of the thread measurement (default 3)"
+        "--thread-rounds", type=int, default=5, help="rounds of the thread measurement (default 5)"
     )
     p.add_argument(
         "--only",
