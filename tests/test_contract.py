@@ -35,7 +35,9 @@ def build(cls: type, model: nn.Module, **options: Any) -> camlens.BaseCAM:
 
 def same(a: camlens.CAMResult, b: camlens.CAMResult, tol: float = 1e-5) -> None:
     """Two results agree: maps, raw maps, scores, targets and input-space attributions."""
-    torch.testing.assert_close(a.raw, b.raw, rtol=1e-4, atol=tol * max(1.0, float(b.raw.abs().max())))
+    torch.testing.assert_close(
+        a.raw, b.raw, rtol=1e-4, atol=tol * max(1.0, float(b.raw.abs().max()))
+    )
     torch.testing.assert_close(a.maps, b.maps, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a.scores, b.scores, equal_nan=True)
     assert (a.targets is None) == (b.targets is None)

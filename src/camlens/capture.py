@@ -42,6 +42,8 @@ from camlens.reshape import infer_layout
 __all__ = [
     "CaptureError",
     "LayerCapture",
+    "LayerInfo",
+    "candidate_layers",
     "default_layer",
     "find_default_layer",
     "find_last_spatial_layer",
@@ -260,6 +262,98 @@ class _Event:
     name: str
     kind: str  # "start" of an attention module, or the layout of a module's output
     norm: bool = False
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer whose output can be explained, as seen in one forward.
+
+    Attributes:
+        name: the dotted module name.
+        shape: the output's shape for the probe input (batch of one in eval mode).
+        kind: ``"spatial"`` ``(B, K, *s)``, ``"channels_last"`` ``(B, *s, K)`` or ``"tokens"``
+            ``(B, N, K)`` with an inferred grid (see :func:`camlens.reshape.infer_layout`).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+
+
+def _walk(model: nn.Module, x: Tensor) -> list[_Event]:
+    """One forward of ``x`` (its first sample in eval mode) recording, in the order they finish, the
+    modules whose output has a spatial reading with more than one position, and the starts of
+    attention modules. Modules inside attention modules are left out."""
+    attention = [n for n, m in model.named_modules() if n and _is_attention(m)]
+
+    def inside_attention(name: str) -> bool:
+        return any(name == a or name.startswith(a + ".") for a in attention)
+
+    probe = x if model.training else x[:1]
+    events: list[_Event] = []
+
+    def pre_hook(_m: nn.Module, _i: Any, name: str) -> None:
+        events.append(_Event(len(events), name, "start"))
+
+    def hook(m: nn.Module, output: Any, name: str) -> None:
+        t, _ = _first_tensor(output)
+        if t is None:
+            return
+        try:
+            layout = infer_layout(
+                tuple(t.shape), tuple(probe.shape), model=model, name=name, module=m
+            )
+        except ValueError:
+            return
+        shape = tuple(t.shape)
+        positions = {
+            "spatial": shape[2:],
+            "channels_last": shape[1:-1],
+            "tokens": layout.grid,
+        }[layout.kind]
+        if len(positions) == probe.ndim - 2 and math.prod(positions) > 1:
+            events.append(_Event(len(events), name, layout.kind, _is_norm(m), shape))
+
+    with owned_hooks() as own:
+        handles = []
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            if _is_attention(module):
+                handles.append(
+                    module.register_forward_pre_hook(
+                        own(lambda m, i, name=name: pre_hook(m, i, name))
+                    )
+                )
+            if inside_attention(name):
+                continue
+            handles.append(
+                module.register_forward_hook(own(lambda m, i, o, name=name: hook(m, o, name)))
+            )
+        with _registered(handles), torch.no_grad():
+            model(probe)
+    return events
+
+
+def candidate_layers(model: nn.Module, x: Tensor) -> list[LayerInfo]:
+    """The layers of ``model`` that can be explained for inputs shaped like ``x``, in forward order.
+
+    One forward of the first sample under ``no_grad`` (hooks owned by this call): every module
+    outside attention modules whose output has a spatial reading with more than one position.
+    A module called several times is listed once, where its last call finishes.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        >>> [(i.name, i.shape) for i in candidate_layers(net, torch.rand(1, 3, 8, 8))]
+        [('0', (1, 4, 8, 8)), ('1', (1, 4, 8, 8))]
+    """
+    last: dict[str, _Event] = {}
+    for e in _walk(model, x):
+        if e.kind != "start":
+            last.pop(e.name, None)
+            last[e.name] = e
+    return [LayerInfo(e.name, e.shape, e.kind) for e in last.values()]
 
 
 def find_default_layer(model: nn.Module, x: Tensor) -> str:
@@ -290,54 +384,7 @@ def find_default_layer(model: nn.Module, x: Tensor) -> str:
     Raises:
         ValueError: no module of the model outputs anything spatial; pass ``layer=`` (and ``reshape=``).
     """
-    attention = [n for n, m in model.named_modules() if n and _is_attention(m)]
-
-    def inside_attention(name: str) -> bool:
-        return any(name == a or name.startswith(a + ".") for a in attention)
-
-    probe = x if model.training else x[:1]
-    events: list[_Event] = []
-
-    def pre_hook(_m: nn.Module, _i: Any, name: str) -> None:
-        events.append(_Event(len(events), name, "start"))
-
-    def hook(m: nn.Module, output: Any, name: str) -> None:
-        t, _ = _first_tensor(output)
-        if t is None:
-            return
-        try:
-            layout = infer_layout(
-                tuple(t.shape), tuple(probe.shape), model=model, name=name, module=m
-            )
-        except ValueError:
-            return
-        shape = tuple(t.shape)
-        positions = {
-            "spatial": shape[2:],
-            "channels_last": shape[1:-1],
-            "tokens": layout.grid,
-        }[layout.kind]
-        if len(positions) == probe.ndim - 2 and math.prod(positions) > 1:
-            events.append(_Event(len(events), name, layout.kind, _is_norm(m)))
-
-    with owned_hooks() as own:
-        handles = []
-        for name, module in model.named_modules():
-            if not name:
-                continue
-            if _is_attention(module):
-                handles.append(
-                    module.register_forward_pre_hook(
-                        own(lambda m, i, name=name: pre_hook(m, i, name))
-                    )
-                )
-            if inside_attention(name):
-                continue
-            handles.append(
-                module.register_forward_hook(own(lambda m, i, o, name=name: hook(m, o, name)))
-            )
-        with _registered(handles), torch.no_grad():
-            model(probe)
+    events = _walk(model, x)
     outputs = [e for e in events if e.kind != "start"]
     for prefix in ("backbone.body.", "backbone."):
         inside = [e for e in outputs if e.name.startswith(prefix)]

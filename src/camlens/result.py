@@ -33,6 +33,9 @@ class CAMResult:
             (:func:`camlens.maps.input_saliency`). ``None`` for layer methods.
         details: how the result was computed, where a method has a choice to report (for example
             Ablation-CAM's ``{"split": "fx"}`` or ``{"split": "hook"}``).
+        logits: the model's selected output for the batch from the same forward (the
+            ``(B, num_classes)`` logits of a classifier), detached; ``None`` when the output is not a
+            tensor (a detection model's list of dicts). Predictions need no second forward.
     """
 
     maps: Tensor
@@ -45,6 +48,7 @@ class CAMResult:
     raw_per_layer: dict[str, Tensor] = field(default_factory=dict)
     input_maps: Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    logits: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])

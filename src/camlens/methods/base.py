@@ -498,11 +498,11 @@ class BaseCAM:
                         raws[n] = eigencam_map(terms).clamp(min=0)
                     else:
                         raws[n] = terms.sum(dim=1).clamp(min=0)
-            results.append(
-                self._result(
-                    x, raws, grads, resolved, counterfactual, eigen_smooth, attributions, details
-                )
+            res = self._result(
+                x, raws, grads, resolved, counterfactual, eigen_smooth, attributions, details
             )
+            res.logits = logits.detach() if isinstance(logits, Tensor) else None
+            results.append(res)
         return results
 
     def _resolve_target(self, spec: TargetSpec, logits: Any, batch: int | None = None) -> Resolved:

@@ -135,6 +135,7 @@ class GuidedGradCAM(BaseCAM):
                     layer=c.layer,
                     method=self._label(counterfactual, eigen_smooth),
                     input_maps=attribution,
+                    logits=c.logits,
                 )
             )
         return out

@@ -1,0 +1,143 @@
+"""``camlens serve``: start the web app on this machine.
+
+The models are loaded once, at start, from the specs on the command line; a request can choose among
+them by name only. The server binds to 127.0.0.1 unless ``--host`` says otherwise, and warns when it
+does not listen on loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+DESCRIPTION = "Start a local web app and JSON API to explore a model's maps."
+
+EPILOG = """\
+The page: http://HOST:PORT/ ; the API: POST /api/explain (multipart: file, model,
+methods, layer, target, counterfactual), GET /api/models, /api/methods,
+/api/layers?model=NAME, /healthz; its OpenAPI page: http://HOST:PORT/docs.
+
+examples:
+  camlens serve
+  camlens serve --model torchvision:resnet50 --weights rn50.pth --workers 2
+  curl -F file=@photo.jpg -F methods=gradcam,scorecam http://127.0.0.1:8000/api/explain
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` command to an argparse subparsers object."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help=DESCRIPTION.rstrip("."),
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("models (fixed at start)")
+    g.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        metavar="SPEC",
+        help="a model to serve (repeat for several; the first is the default): demo, "
+        "torchvision:NAME, timm:NAME, hf:NAME, torchscript:FILE or module:callable (default: demo)",
+    )
+    g.add_argument("--weights", "-w", metavar="FILE", help="a local state dict (one --model only)")
+    g.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)"
+    )
+    g = p.add_argument_group("network")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    g = p.add_argument_group("limits")
+    g.add_argument(
+        "--max-upload-mb", type=float, default=20, help="largest upload in MB (default 20)"
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help="most pixels an uploaded image may have (default 40000000)",
+    )
+    g.add_argument(
+        "--workers", type=int, default=1, help="explain calls running at once (default 1)"
+    )
+    g.add_argument(
+        "--queue",
+        type=int,
+        default=8,
+        help="calls that may wait for a worker; more get 503 with Retry-After (default 8)",
+    )
+    p.add_argument("--audit", metavar="DIR", help="also browse the findings of `camlens audit`")
+    p.set_defaults(func=run)
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.workers < 1 or args.queue < 0:
+        raise ValueError("--workers must be at least 1 and --queue at least 0")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port} is not a port; use 1 to 65535")
+    if args.max_upload_mb <= 0 or args.max_pixels < 1:
+        raise ValueError("--max-upload-mb and --max-pixels must be positive")
+    specs = args.model or ["demo"]
+    if args.weights and len(specs) > 1:
+        raise ValueError("--weights loads into one model; serve one --model with it")
+    if len(set(specs)) != len(specs):
+        raise ValueError("a --model is given twice")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1 or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the models and serve until interrupted."""
+    _check(args)
+    import torch
+    import uvicorn
+    from PIL import Image
+
+    from camlens.models import load_model
+    from camlens.serve import Engine, create_app
+
+    if not is_loopback(args.host):
+        print(
+            f"camlens serve: warning: listening on {args.host}, not on loopback only: anyone who can "
+            "reach this machine can use the server (there is no authentication)",
+            file=sys.stderr,
+        )
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    specs = args.model or ["demo"]
+    models = {spec: load_model(spec, args.weights, device=device) for spec in specs}
+    audit = None
+    if args.audit:
+        from camlens.serve.audit import AuditBrowser
+
+        audit = AuditBrowser(args.audit)
+    # Pillow's own bomb limit must not refuse what --max-pixels allows (the server checks first)
+    if Image.MAX_IMAGE_PIXELS is not None and args.max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
+    app = create_app(
+        Engine(models),
+        workers=args.workers,
+        queue=args.queue,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        audit=audit,
+    )
+    print(f"camlens serve: http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
