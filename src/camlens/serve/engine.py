@@ -234,7 +234,8 @@ class Engine:
         e = self.entries[choices.model]
         lm = e.lm
         view, geometry = imaging.prepare(lm.preprocess, image)
-        x = lm.preprocess.normalize(view[None]).to(lm.device)
+        # contiguous: a view made from an HWC array is channels-last in memory, which slows CPU convs
+        x = lm.preprocess.normalize(view[None]).contiguous().to(lm.device)
         results: list[tuple[str, CAMResult]] = []
         for method in choices.methods:
             cam = e.cam(method, choices.layer)
