@@ -3,9 +3,7 @@ pixel, and maps placed back on the original."""
 
 from __future__ import annotations
 
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pngfile import write_png
 
 from camlens.images import (
     DEFAULT_MAX_PIXELS,
@@ -27,25 +26,6 @@ from camlens.models import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from camlens.models.preprocess import as_preprocess
 
 skdata = pytest.importorskip("skimage.data")
-
-
-def write_png(path: Path, width: int, height: int, rows: np.ndarray | None = None, depth: int = 8,
-              colour: int = 2) -> None:
-    """A PNG written chunk by chunk: any header size (a bomb needs no pixel data), 16-bit RGB."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    dtype = ">u2" if depth == 16 else "u1"
-    raw = b"\x00" if rows is None else b"".join(b"\x00" + r.astype(dtype).tobytes() for r in rows)
-    head = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", head)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 # --------------------------------------------------------------------------- modes
@@ -216,7 +196,9 @@ def test_place_matches_interpolate_on_the_box() -> None:
     assert inside_small[0].tolist() == [False] * 2 + [True] * 10 + [False] * 3
     np.testing.assert_allclose(small[:, 2], m[:, 0].numpy(), atol=1e-6)  # u = -0.5 clamps to 0
     for j in range(3, 12):
-        np.testing.assert_allclose(small[:, j], 0.5 * (m[:, j - 3] + m[:, j - 2]).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            small[:, j], 0.5 * (m[:, j - 3] + m[:, j - 2]).numpy(), atol=1e-6
+        )
     with pytest.raises(ValueError, match="input is"):
         g.place(torch.rand(5, 5))
 
