@@ -21,15 +21,18 @@ __all__ = [
     "PROG",
     "add_general_args",
     "add_model_args",
+    "check_colormap",
     "device",
     "load_model",
     "method_names",
     "positive_int",
     "progress",
     "say",
+    "show_warning",
     "summary_of",
     "unit_float",
     "warn",
+    "warn_random_weights",
 ]
 
 PROG = "camlens"
@@ -193,6 +196,23 @@ def method_names(values: Sequence[str] | None, default: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_colormap(name: str) -> None:
+    """``--colormap``: a matplotlib colour map name (checked with matplotlib alone, not torch)."""
+    import difflib
+
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError('overlays need matplotlib: pip install "camlens[cli]"') from exc
+    if name in matplotlib.colormaps:
+        return
+    close = difflib.get_close_matches(name, sorted(matplotlib.colormaps), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise CLIError(
+        f"--colormap {name!r} is not a matplotlib colour map{hint} (e.g. jet, turbo, viridis, inferno)"
+    )
+
+
 def summary_of(name: str) -> str:
     """A method's one-line description."""
     from camlens import _catalog
@@ -220,8 +240,10 @@ def device(text: str) -> str:
 def load_model(args: argparse.Namespace, weights: str | None = None) -> LoadedModel:
     """The model of ``--model``/``--weights``/``--device`` and the ``--size/--mean/--std`` overrides."""
     from camlens.models import load_model as load
+    from camlens.models import parse_spec
     from camlens.models.preprocess import parse_mean_std, parse_size
 
+    parse_spec(args.model)  # an unknown spec fails before torch is imported (for --device)
     size = getattr(args, "size", None)
     mean = getattr(args, "mean", None)
     std = getattr(args, "std", None)

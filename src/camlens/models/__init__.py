@@ -188,10 +188,10 @@ def load_model(
         FileNotFoundError: a weights, TorchScript or Python file that does not exist.
         ImportError: the library the spec needs is missing or broken.
     """
+    kind, name = parse_spec(spec)  # an unknown spec fails before torch is imported
     import torch
 
     dev = torch.device(device)
-    kind, name = parse_spec(spec)
     built = model_sources()[kind].load(name, weights, dev)
     pre = built.preprocess
     if size is not None or mean is not None or std is not None:

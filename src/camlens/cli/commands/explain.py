@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from camlens.cli.commands import Command
 from camlens.cli.common import (
     add_model_args,
+    check_colormap,
     load_model,
     method_names,
     positive_int,
@@ -227,9 +228,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
                 else:
                     patterns += [out / f"{p.stem}.{m}.top{r}-*.{ext}" for r in range(1, top_k + 1)]
     io.check_outputs([*files, *([report] if report else [])], args.force, patterns)
-    from camlens import viz
-
-    viz._get_cmap(args.colormap)  # an unknown colour map fails here, before the model loads
+    check_colormap(args.colormap)
     return plan
 
 
