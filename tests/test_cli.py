@@ -227,6 +227,7 @@ def test_explain_folder_two_methods_report_and_lines(run, ws: Path) -> None:
     assert html.count("data:image/jpeg;base64,") == 6 * 3
     assert 'href="../o1/chelsea.gradcam.png"' in html and 'href="../photos/chelsea.jpg"' in html
     assert "the model saw" in html  # the crop of the photos
+    assert ">gradcam at features<" in html and ">eigencam at features<" in html  # method and layer
     lines = out.strip().splitlines()
     assert lines[-1] == "report: r/report.html"
     chelsea = next(ln for ln in lines if ln.startswith("chelsea.jpg: "))

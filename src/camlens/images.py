@@ -22,7 +22,7 @@ Example:
     >>> [round(v, 2) for v in g.box]  # the centre square of the photo, in its own pixels
     [93.96, 18.75, 357.04, 281.25]
     >>> round(g.explained_fraction, 3)
-    0.511
+    0.51
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ Example:
     >>> from camlens.models import Preprocess
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
     ...                     nn.Flatten(), nn.Linear(4, 3)).eval()
-    >>> photo = np.zeros((30, 40, 3), np.uint8)
-    >>> ex = camlens.explain(net, [photo], method=["gradcam", "eigencam"], target=1,
+    >>> photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    >>> ex = camlens.explain(net, [photo], method=["gradcam", "hirescam"], target=1,
     ...                      preprocess=Preprocess((16, 16), resize=16))
-    >>> ex.methods, [im.size for im in ex.overlays("gradcam", legend=False)]
-    (['gradcam', 'eigencam'], [(40, 30)])
+    >>> ex.methods, [im.size for im in ex.overlays("hirescam", legend=False)]
+    (['gradcam', 'hirescam'], [(40, 30)])
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ class Column:
 
     Attributes:
         key: a unique id (``"gradcam:1"``).
-        title: the header text (the method's name).
+        title: the header text (the method's name, and its layer); a group shows its first
+            column's title.
         description: a tooltip (the method's one-line description).
         group: columns with the same group (the method) are shown side by side in one group.
         rank: the class rank (``None`` without top-k).
@@ -376,8 +377,8 @@ def _card(
         f'<div class="group"><div class="title">input</div><div class="figs"><figure>'
         f"{_img(t, f'input {row.name}', f'input {row.name}', row.href)}</figure></div></div>",
     ]
-    for name, idx in groups:
-        title = name or columns[idx[0]].title
+    for _, idx in groups:
+        title = columns[idx[0]].title
         desc = columns[idx[0]].description
         figs = "".join(_figure(row, columns[j], row.cells[j], max_side, fmt, quality) for j in idx)
         parts.append(

@@ -102,11 +102,13 @@ def _max_pixels(text: str) -> int | None:
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Paths, the model, the maps and the outputs."""
-    from camlens.images import DEFAULT_MAX_PIXELS
-
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     add_model_args(p)
-    g = p.add_argument_group("maps")
+    _map_args(p.add_argument_group("maps"))
+    _output_args(p.add_argument_group("output"))
+
+
+def _map_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--layer",
         "-l",
@@ -136,7 +138,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--batch-size", type=positive_int, default=8, help="images per batch (default: %(default)s)"
     )
-    g = p.add_argument_group("output")
+
+
+def _output_args(g: argparse._ArgumentGroup) -> None:
+    from camlens.images import DEFAULT_MAX_PIXELS
+
     g.add_argument(
         "--out",
         "-o",
@@ -514,7 +520,13 @@ def _write_report(
     assert plan.report is not None
     ranks = target.ranks
     columns = [
-        Column(f"{m}:{r}", m, summary_of(m), group=m, rank=r if target.top_k else None)
+        Column(
+            f"{m}:{r}",
+            f"{m} at {writer.layers[m]}" if m in writer.layers else m,
+            summary_of(m),
+            group=m,
+            rank=r if target.top_k else None,
+        )
         for m in plan.methods
         for r in range(1, ranks + 1)
     ]
