@@ -97,7 +97,12 @@ class CAMResult:
                     img = viz.overlay_on_original(orig, self.maps[i], geo, colormap, alpha)
                 out.append(self._with_legend(img, i, legend, classes, colormap))
             return out
-        if isinstance(images, Tensor) and images.is_floating_point() and images.numel():
+        if (
+            ndim == 2
+            and isinstance(images, Tensor)
+            and images.is_floating_point()
+            and images.numel()
+        ):
             lo, hi = float(images.min()), float(images.max())
             if lo < -0.1 or hi > 1.1:
                 raise ValueError(
