@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ def _add_command(sub: argparse._SubParsersAction, cmd: Command) -> None:
     p = sub.add_parser(
         cmd.name,
         help=cmd.help,
-        description=cmd.description,
+        description=textwrap.fill(cmd.description, 90),
         epilog=cmd.epilog or None,
         formatter_class=argparse.RawDescriptionHelpFormatter
         if cmd.epilog
