@@ -332,12 +332,13 @@ class Explanation:
         return k, self.model.class_name(k), float(probs[i, k])
 
     def target_text(self, i: int, method: str | None = None, rank: int = 1) -> str:
-        """``"tabby cat (281)"`` (``"top-2: ..."`` for class ranks), or ``""`` for non-class targets."""
+        """``"tabby cat (281)"`` (``"class 281"`` without names; ``"top-2: ..."`` for class ranks), or
+        ``""`` for targets that are not classes."""
         _, r = self._pick(method, rank)
         if r.targets is None:
             return ""
         c = int(r.targets[i])
-        text = f"{self.model.class_name(c)} ({c})"
+        text = f"{self.model.class_name(c)} ({c})" if self.model.classes else f"class {c}"
         return f"top-{rank}: {text}" if self.target.top_k is not None else text
 
     def score_text(self, i: int, method: str | None = None, rank: int = 1) -> str:
