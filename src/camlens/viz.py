@@ -895,7 +895,7 @@ def with_legend(image: ImageLike, legend: Legend, *, min_width: int = 240) -> Im
     """The image with a legend strip under it: title line, colour bar from 0 to 1, scale line.
 
     The strip is as wide as the image (at least ``min_width``; a narrower image is centred on a
-    white canvas) and its text grows with the width (11 to 24 px). The image's own pixels are not
+    white canvas) and its text grows with the width (11 to 40 px). The image's own pixels are not
     changed: they are the top ``H`` rows of the result (offset to the centre when widened).
 
     Args:
@@ -911,7 +911,7 @@ def with_legend(image: ImageLike, legend: Legend, *, min_width: int = 240) -> Im
     img = to_pil(image)
     w, h = img.size
     width = max(w, int(min_width))
-    fs = max(11, min(24, round(width / 42)))
+    fs = max(11, min(40, round(width / 42)))
     font, small = _font(fs), _font(max(10, fs - 2))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 2
