@@ -440,6 +440,7 @@ def test_torchvision_with_local_weights_topk_npz(run, ws: Path) -> None:
     assert "chelsea.jpg: " in out and ".{png,npz}" in out
 
 
+@pytest.mark.slow
 def test_finetuned_torchvision_head(run, ws: Path) -> None:
     argv = [
         "explain",

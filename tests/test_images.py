@@ -243,8 +243,15 @@ def test_torchvision_weights_transforms_pixel_for_pixel() -> None:
         assert torch.equal((view * 255).round().to(torch.uint8), tf(im))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])
-@pytest.mark.parametrize("mode", ["center", "squash"])
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("resnet18", "center"),
+        ("vit_tiny_patch16_224", "squash"),
+        pytest.param("vit_tiny_patch16_224", "center", marks=pytest.mark.slow),
+        pytest.param("resnet18", "squash", marks=pytest.mark.slow),
+    ],
+)
 def test_timm_eval_transform_pixel_for_pixel(name: str, mode: str) -> None:
     import timm
     from timm.data import create_transform, resolve_data_config

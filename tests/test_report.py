@@ -47,7 +47,7 @@ class _Net(nn.Module):
 
 @pytest.fixture(scope="module")
 def explained() -> camlens.Explanation:
-    photos = [p if i < 5 else np.ascontiguousarray(p[:, ::-1]) for i, p in enumerate(_photos() * 2)]
+    photos = _photos()[:3]  # chelsea, coffee, astronaut
     pre = Preprocess((224, 224), IMAGENET_MEAN, IMAGENET_STD, resize=256)
     return camlens.explain(
         _Net().eval(),
@@ -59,10 +59,12 @@ def explained() -> camlens.Explanation:
 
 
 def _report(ex: camlens.Explanation, n_images: int, methods: list[str], ranks: int) -> str:
-    """What ``camlens explain --report`` writes for the first ``n_images`` of ``ex``."""
+    """What ``camlens explain --report`` writes for ``n_images`` images: the photos of ``ex`` in
+    turn (the fourth is the first again, and so on)."""
     columns = [Column(f"{m}:{r}", m, group=m, rank=r) for m in methods for r in range(1, ranks + 1)]
     rows = []
-    for i in range(n_images):
+    for k in range(n_images):
+        i = k % len(ex)
         cells: list[Cell | None] = []
         for m in methods:
             for r in range(1, ranks + 1):
@@ -93,20 +95,21 @@ def _report(ex: camlens.Explanation, n_images: int, methods: list[str], ranks: i
 
 def test_size_per_image_and_map_is_small_and_linear(explained: camlens.Explanation) -> None:
     sizes = {}
-    for n in (1, 5, 10):
+    for n in (0, 3, 6):
         for methods, ranks in ((["gradcam"], 1), (["gradcam", "eigencam", "layercam"], 2)):
             html = _report(explained, n, methods, ranks)
             sizes[(n, len(methods) * ranks)] = len(html.encode())
     for (n, maps), size in sizes.items():
-        assert size / (n * maps) < BUDGET, (n, maps, size)
-    # linear: the cost of each further image is the same, within 20%
+        if n:
+            assert size / (n * maps) < BUDGET, (n, maps, size)
+    # linear: the same three photos again cost what they cost the first time
     for maps in (1, 6):
-        first = (sizes[(5, maps)] - sizes[(1, maps)]) / 4
-        second = (sizes[(10, maps)] - sizes[(5, maps)]) / 5
-        assert first == pytest.approx(second, rel=0.2), (maps, first, second)
+        first = sizes[(3, maps)] - sizes[(0, maps)]
+        second = sizes[(6, maps)] - sizes[(3, maps)]
+        assert second == pytest.approx(first, rel=0.01), (maps, first, second)
     # and per map: six maps cost about six times one (plus the input's thumbnail)
-    per_image_1 = (sizes[(10, 1)] - sizes[(5, 1)]) / 5
-    per_image_6 = (sizes[(10, 6)] - sizes[(5, 6)]) / 5
+    per_image_1 = (sizes[(6, 1)] - sizes[(0, 1)]) / 6
+    per_image_6 = (sizes[(6, 6)] - sizes[(0, 6)]) / 6
     assert 3 < per_image_6 / per_image_1 < 7
 
 

@@ -136,6 +136,7 @@ def test_demo_report_images_decode(demo_report: Path, tmp_path: Path) -> None:
     assert not result["overflowX"] and "system-ui" in result["font"]
 
 
+@pytest.mark.slow
 def test_screenshot_shows_the_images(demo_report: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     r = _chromium([f"--screenshot={shot}", demo_report.as_uri()], tmp_path)
