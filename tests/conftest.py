@@ -1,7 +1,9 @@
-"""Shared test set-up: the torchvision CPU shim and small models with known structure."""
+"""Shared test set-up: the torchvision CPU shim, one torch thread, slow tests, and small models with
+known structure."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +14,14 @@ from torch import nn
 SUPPORT = Path(__file__).parent / "support"
 sys.path.insert(0, str(SUPPORT))
 import tv_cpu_shim  # noqa: E402,F401  (must precede any torchvision import)
+
+# The suite runs many small models. On shared cores, torch's OpenMP threads spin while they wait for
+# each other: tests/test_core.py and test_references.py took 86.8 s with 2 threads and 31.6 s with 1
+# on the 2-core CI machine under a load average of 8. One thread here and in the processes tests
+# start (CAMLENS_TEST_THREADS overrides it).
+THREADS = os.environ.setdefault("CAMLENS_TEST_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", THREADS)
+torch.set_num_threads(int(THREADS))
 
 
 class GapNet(nn.Module):

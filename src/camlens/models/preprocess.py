@@ -190,9 +190,11 @@ class Preprocess:
         """From a torchvision weights' ``transforms()`` preset (``ImageClassification``).
 
         Example:
-            >>> import torchvision  # doctest: +SKIP
-            >>> Preprocess.from_torchvision(torchvision.models.ResNet50_Weights.DEFAULT.transforms())  # doctest: +SKIP
-            Preprocess(size=(224, 224), ..., resize=232, interpolation='bilinear', ...)
+            >>> from types import SimpleNamespace  # the attributes of ResNet50_Weights.DEFAULT.transforms()
+            >>> preset = SimpleNamespace(crop_size=[224], resize_size=[232], mean=[0.485, 0.456, 0.406],
+            ...                          std=[0.229, 0.224, 0.225], interpolation="bilinear")
+            >>> Preprocess.from_torchvision(preset).describe()
+            'resize shorter side to 232, centre crop to 224x224; mean 0.485,0.456,0.406; std 0.229,0.224,0.225 (torchvision SimpleNamespace)'
         """
         crop = list(getattr(transforms, "crop_size", [DEFAULT_SIZE]))
         resize = list(getattr(transforms, "resize_size", [256]))
