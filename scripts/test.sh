@@ -27,4 +27,5 @@ ruff format --check src tests bench scripts
 echo "== mypy"
 mypy
 echo "== pytest"
+# -o addopts="" clears pyproject's default `-m 'not slow'`: CI runs every test, the slow ones too.
 python -m pytest --doctest-modules src/camlens tests -p no:cacheprovider -o addopts="" -q "$@"

@@ -26,10 +26,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import camlens
+from camlens.cli import build_parser, main
+from camlens.cli.commands.serve import is_loopback
+from camlens.cli.commands.serve import run as run_command
 from camlens.models import LoadedModel, Preprocess, load_model
 from camlens.serve import Engine, create_app
-from camlens.serve.command import add_parser, is_loopback
-from camlens.serve.command import run as run_command
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is all zero for samples")
 
@@ -128,7 +129,7 @@ def test_maps_equal_the_in_process_call(client: TestClient, demo: LoadedModel) -
         assert m["score"] == pytest.approx(float(ref.scores[0]), rel=1e-5)
         assert m["class"] == demo.classes[m["target"]]
         png = Image.open(io.BytesIO(__import__("base64").b64decode(m["overlay"].split(",")[1])))
-        assert png.size == (96, 96)
+        assert png.size[0] == 240 and png.size[1] > 96  # the 96 px image on a legend's width
 
 
 def test_a_cropping_model_maps_onto_the_original_photo(
@@ -141,24 +142,30 @@ def test_a_cropping_model_maps_onto_the_original_photo(
     rw = round(451 * 40 / 300)
     left = (rw - 32) // 2 * (451 / rw)
     x0, y0, x1, y1 = answer["geometry"]["box"]
+    assert answer["geometry"]["original_size"] == [300, 451]
+    assert answer["geometry"]["input_size"] == [32, 32]
     assert (y0, y1) == pytest.approx((4 * scale, 36 * scale))
     assert x0 == pytest.approx(left) and x1 - x0 == pytest.approx(32 * 451 / rw)
     (m,) = answer["maps"]
     assert m["target"] == 2 and m["class"] == "cat"
-    view = cropper.preprocess.view(Image.open(io.BytesIO(photo)))
+    original = Image.open(io.BytesIO(photo))
+    view, geo = cropper.preprocess.prepare(original)
     ref = camlens.GradCAM(cropper.model)(cropper.preprocess.normalize(view[None]), target=2)
     np.testing.assert_allclose(np.array(m["raw"]), ref.raw[0].numpy(), rtol=1e-5, atol=1e-6)
     overlay = np.asarray(
         Image.open(io.BytesIO(__import__("base64").b64decode(m["overlay"].split(",")[1])))
     )
-    original = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB")).astype(float)
-    assert overlay.shape == original.shape
-    # outside the box the photo is only darkened; inside, the heat map is blended in
-    np.testing.assert_allclose(overlay[:, :5], (original[:, :5] * 0.45).round(), atol=1)
+    # the full-size photo with the map in the box (the legend strip follows under it)
+    from camlens import viz
+
+    expected = np.asarray(viz.overlay_on_original(original, ref.maps[0], geo)).astype(int)
+    assert overlay.shape[1] == 451 and overlay.shape[0] > 300
+    assert np.abs(overlay[:300].astype(int) - expected).max() <= 1
+    rgb = np.asarray(original.convert("RGB")).astype(float)
+    # outside the box the photo is greyed out; inside, the heat map is blended in
+    assert np.abs(overlay[:300, :5].std(axis=2)).max() < 2  # grey: no colour left
     inside = overlay[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2].astype(float)
-    assert (
-        np.abs(inside - original[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]).mean() > 10
-    )
+    assert np.abs(inside - rgb[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]).mean() > 10
 
 
 def test_npz_answer_holds_the_maps_and_geometry(client: TestClient, demo: LoadedModel) -> None:
@@ -176,6 +183,17 @@ def test_npz_answer_holds_the_maps_and_geometry(client: TestClient, demo: Loaded
     np.testing.assert_allclose(z["map"], ref.maps[0].numpy(), rtol=1e-5, atol=1e-6)
     assert int(z["target"]) == 2 and str(z["label"]) == demo.classes[2]
     assert z["box"].tolist() == [0, 0, 96, 96] and z["image_size"].tolist() == [96, 96]
+    assert z.files == [
+        "image_size",
+        "box",
+        "map",
+        "raw",
+        "score",
+        "target",
+        "label",
+        "method",
+        "layer",
+    ]
 
 
 # ---- bad input --------------------------------------------------------------------------------------
@@ -330,9 +348,7 @@ def test_eight_concurrent_clients_each_get_their_own_maps(live: str, demo: Loade
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="camlens")
-    add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["serve", *argv])
+    return build_parser().parse_args(["serve", *argv])
 
 
 def test_the_command_checks_its_arguments_and_warns_off_loopback(
@@ -345,9 +361,11 @@ def test_the_command_checks_its_arguments_and_warns_off_loopback(
         (["--port", "70000"], "--port"),
         (["--model", "demo", "--model", "demo"], "given twice"),
         (["--model", "demo", "--model", "x:y", "--weights", "w.pt"], "one --model"),
+        (["--model", "nosuch:thing"], "nosuch"),
     ]:
-        with pytest.raises(ValueError, match=text):
-            run_command(parse(*argv))
+        assert main(["serve", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and text in err, err
     started: dict[str, Any] = {}
     import uvicorn
 

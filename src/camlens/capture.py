@@ -48,6 +48,7 @@ __all__ = [
     "find_default_layer",
     "find_last_spatial_layer",
     "layer_gradients",
+    "layer_table",
     "owned_hooks",
     "paused",
     "resolve_layers",
@@ -260,9 +261,10 @@ def _is_norm(module: nn.Module) -> bool:
 class _Event:
     index: int
     name: str
-    kind: str  # "start" of an attention module, or the layout of a module's output
+    kind: str  # "start" of an attention module, the layout of a module's output, or "other"
     norm: bool = False
     shape: tuple[int, ...] = ()
+    type_name: str = ""  # the output's type when it is not a tensor
 
 
 @dataclass(frozen=True)
@@ -281,10 +283,11 @@ class LayerInfo:
     kind: str
 
 
-def _walk(model: nn.Module, x: Tensor) -> list[_Event]:
+def _walk(model: nn.Module, x: Tensor, *, record_all: bool = False) -> list[_Event]:
     """One forward of ``x`` (its first sample in eval mode) recording, in the order they finish, the
     modules whose output has a spatial reading with more than one position, and the starts of
-    attention modules. Modules inside attention modules are left out."""
+    attention modules. Modules inside attention modules are left out. With ``record_all``, every
+    other module that ran is recorded too, as kind ``"other"``."""
     attention = [n for n, m in model.named_modules() if n and _is_attention(m)]
 
     def inside_attention(name: str) -> bool:
@@ -299,21 +302,25 @@ def _walk(model: nn.Module, x: Tensor) -> list[_Event]:
     def hook(m: nn.Module, output: Any, name: str) -> None:
         t, _ = _first_tensor(output)
         if t is None:
-            return
-        try:
-            layout = infer_layout(
-                tuple(t.shape), tuple(probe.shape), model=model, name=name, module=m
-            )
-        except ValueError:
+            if record_all:
+                events.append(_Event(len(events), name, "other", False, (), type(output).__name__))
             return
         shape = tuple(t.shape)
-        positions = {
-            "spatial": shape[2:],
-            "channels_last": shape[1:-1],
-            "tokens": layout.grid,
-        }[layout.kind]
-        if len(positions) == probe.ndim - 2 and math.prod(positions) > 1:
-            events.append(_Event(len(events), name, layout.kind, _is_norm(m), shape))
+        try:
+            layout = infer_layout(shape, tuple(probe.shape), model=model, name=name, module=m)
+        except ValueError:
+            layout = None
+        if layout is not None:
+            positions = {
+                "spatial": shape[2:],
+                "channels_last": shape[1:-1],
+                "tokens": layout.grid,
+            }[layout.kind]
+            if len(positions) == probe.ndim - 2 and math.prod(positions) > 1:
+                events.append(_Event(len(events), name, layout.kind, _is_norm(m), shape))
+                return
+        if record_all:
+            events.append(_Event(len(events), name, "other", False, shape))
 
     with owned_hooks() as own:
         handles = []
@@ -326,7 +333,7 @@ def _walk(model: nn.Module, x: Tensor) -> list[_Event]:
                         own(lambda m, i, name=name: pre_hook(m, i, name))
                     )
                 )
-            if inside_attention(name):
+            if inside_attention(name) and not record_all:
                 continue
             handles.append(
                 module.register_forward_hook(own(lambda m, i, o, name=name: hook(m, o, name)))
@@ -334,6 +341,32 @@ def _walk(model: nn.Module, x: Tensor) -> list[_Event]:
         with _registered(handles), torch.no_grad():
             model(probe)
     return events
+
+
+def layer_table(
+    model: nn.Module, x: Tensor
+) -> tuple[list[tuple[str, tuple[int, ...] | str, str | None]], str | None]:
+    """Every module that ran on ``x`` with its output shape (or type) and layout, and the default layer.
+
+    One forward (hooks owned by this call). Each row is ``(name, shape, layout)`` where ``layout`` is
+    ``"spatial"``, ``"channels_last"`` or ``"tokens"`` when the output reads as a map with more than
+    one position, else ``None``; rows come in the order the modules finish (the last call of a module
+    that runs several times). The default is :func:`find_default_layer`'s choice, or ``None`` when
+    nothing is spatial.
+    """
+    events = _walk(model, x, record_all=True)
+    rows: dict[str, tuple[str, tuple[int, ...] | str, str | None]] = {}
+    for e in events:
+        if e.kind == "start":
+            continue
+        rows.pop(e.name, None)
+        layout = None if e.kind == "other" else e.kind
+        rows[e.name] = (e.name, e.type_name or e.shape, layout)
+    try:
+        default: str | None = _choose_default(model, x, events)
+    except ValueError:
+        default = None
+    return list(rows.values()), default
 
 
 def candidate_layers(model: nn.Module, x: Tensor) -> list[LayerInfo]:
@@ -350,7 +383,7 @@ def candidate_layers(model: nn.Module, x: Tensor) -> list[LayerInfo]:
     """
     last: dict[str, _Event] = {}
     for e in _walk(model, x):
-        if e.kind != "start":
+        if e.kind not in ("start", "other"):
             last.pop(e.name, None)
             last[e.name] = e
     return [LayerInfo(e.name, e.shape, e.kind) for e in last.values()]
@@ -384,8 +417,17 @@ def find_default_layer(model: nn.Module, x: Tensor) -> str:
     Raises:
         ValueError: no module of the model outputs anything spatial; pass ``layer=`` (and ``reshape=``).
     """
-    events = _walk(model, x)
-    outputs = [e for e in events if e.kind != "start"]
+    return _choose_default(model, x, _walk(model, x))
+
+
+def _choose_default(model: nn.Module, x: Tensor, events: list[_Event]) -> str:
+    """The rule of :func:`find_default_layer` applied to the events of one walk."""
+    outputs = [e for e in events if e.kind not in ("start", "other")]
+    attention = {e.name for e in events if e.kind == "start"}
+    # attention maps are not feature maps: nothing inside an attention module counts
+    outputs = [
+        e for e in outputs if not any(e.name == a or e.name.startswith(a + ".") for a in attention)
+    ]
     for prefix in ("backbone.body.", "backbone."):
         inside = [e for e in outputs if e.name.startswith(prefix)]
         if inside:

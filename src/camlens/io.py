@@ -1,11 +1,14 @@
-"""File helpers for the command line: finding and loading images, and writes that never leave a half file.
+"""Writes that never leave a half file, and the refusal to overwrite outputs.
 
 Every output is first written to a temporary file in the destination's own directory and then moved
 over the destination with :func:`os.replace` (atomic on POSIX and Windows within one file system), so
 an interrupted run leaves either the old file, the complete new one, or nothing; never a truncated
 image or report.
 
-Pillow is imported lazily, inside the functions that need it.
+Images are found, checked and loaded by :mod:`camlens.images`; ``find_images``, ``load_image`` and
+``probe_image`` are importable from here too. :func:`save_npz` writes a map with everything needed
+to use it later (its raw map, score, class and geometry). Only the standard library is imported with
+this module.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from PIL import Image
+from camlens.images import IMAGE_SUFFIXES, find_images, load_image, probe_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -30,12 +32,8 @@ __all__ = [
     "find_images",
     "load_image",
     "probe_image",
+    "save_npz",
 ]
-
-#: File name endings treated as images when a folder is listed (files named explicitly may have any).
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
 
 
 class OutputExistsError(FileExistsError):
@@ -124,84 +122,28 @@ def check_outputs(
             )
 
 
-def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and folders into a list of image files.
+def save_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
+    """Write named arrays to a compressed ``.npz`` file atomically (see :func:`atomic_write`).
 
-    A folder contributes its files whose names end in one of :data:`IMAGE_SUFFIXES` (not recursive,
-    sorted by name); a file named explicitly is taken as it is (it is checked when it is loaded).
+    Values are converted with ``numpy.asarray`` (torch tensors are detached and copied to the CPU
+    first); strings become 0-d string arrays, ``None`` becomes an empty float array.
 
-    Raises:
-        FileNotFoundError: a path does not exist.
-        ValueError: no path was given, or a folder holds no image.
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.npz")
+        >>> _ = save_npz(path, map=np.ones((2, 2), np.float32), label="cat", target=3)
+        >>> data = np.load(path)
+        >>> sorted(data.files), str(data["label"]), int(data["target"])
+        (['label', 'map', 'target'], 'cat', 3)
     """
-    if not paths:
-        raise ValueError("no input given; pass image files or folders")
-    out: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(
-                c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                raise ValueError(
-                    f"folder {str(p)!r} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                    "pass image files or a folder with images"
-                )
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {str(p)!r}; check the path")
-    return list(dict.fromkeys(out))
+    import numpy as np
 
+    def convert(v: Any) -> Any:
+        if hasattr(v, "detach"):
+            v = v.detach().cpu().numpy()
+        if v is None:
+            return np.zeros(0, np.float32)
+        return np.asarray(v)
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image file as an upright RGB PIL image (EXIF rotation applied; fully read, file closed).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not an image Pillow can read, or is truncated.
-        ImportError: Pillow is not installed.
-    """
-    try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
-    except ImportError as exc:  # pragma: no cover - Pillow is a CLI dependency
-        raise ImportError('reading images needs Pillow: pip install "camlens[cli]"') from exc
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such image file: {str(p)!r}; check the path")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            upright = ImageOps.exif_transpose(im)  # photos stored sideways with an EXIF rotation
-            return (upright if upright is not None else im).convert("RGB")
-    except UnidentifiedImageError:
-        raise ValueError(
-            f"{str(p)!r} is not an image file Pillow can read; pass PNG, JPEG, BMP, GIF, TIFF or WebP images"
-        ) from None
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {str(p)!r} ({exc}); is the file complete?") from exc
-
-
-def probe_image(path: str | os.PathLike[str]) -> None:
-    """Check cheaply (header only) that a file is an image Pillow can open.
-
-    Raises:
-        ValueError: the file is not an image Pillow can read.
-        FileNotFoundError: the file does not exist.
-    """
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError('reading images needs Pillow: pip install "camlens[cli]"') from exc
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such image file: {str(p)!r}; check the path")
-    try:
-        with Image.open(p) as im:
-            im.size  # noqa: B018 - the header is parsed on open
-    except (UnidentifiedImageError, OSError, SyntaxError):
-        raise ValueError(
-            f"{str(p)!r} is not an image file Pillow can read; pass PNG, JPEG, BMP, GIF, TIFF or WebP images"
-        ) from None
+    data = {k: convert(v) for k, v in arrays.items()}
+    return atomic_write(path, lambda f: np.savez_compressed(f, **data))

@@ -1,14 +1,23 @@
-"""A self-contained HTML report: one row per image, one column per method, and a summary per method.
+"""A self-contained HTML report that stays readable from 1 to 500 images and 1 to 12 methods x top-k.
 
-The page needs nothing but itself: the CSS is inline and every image is a ``data:image/png;base64,...``
-URI, so the file can be mailed, attached to a CI run or opened offline. All text is HTML-escaped.
+Layout: a header with the run's settings and a colour bar that says what 0 and 1 mean; a summary
+table per method; then one card per image. A card holds the image and its maps, grouped per method
+(a group holds the method's class ranks side by side) and wrapped to the page's width. Cards flow in
+a grid: with one or two maps per image several cards share a row, so 30 images of one method do not
+make one tall column; with 36 maps per image a card takes the page's width and its groups wrap, so
+they do not make 37 columns.
+
+Images are compressed JPEG thumbnails inline (``data:`` URIs): the page needs nothing but itself and
+weighs about 15-25 KB per map at the default 256 px. The full-size overlay (and the original image)
+is one click away when the caller passes its path (``Cell.href``, ``Row.href``), relative to the
+report. All text is HTML-escaped.
 
 Example:
     >>> import numpy as np
     >>> from camlens.report import Cell, Column, Row, render
     >>> img = np.zeros((8, 8, 3), dtype=np.uint8)
     >>> html = render("demo", [Column("gradcam", "Grad-CAM")], [Row("a.png", img, [Cell(img, energy=0.5)])])
-    >>> html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
+    >>> html.startswith("<!DOCTYPE html>") and "data:image/jpeg;base64," in html
     True
 """
 
@@ -21,27 +30,63 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Cell", "Column", "Row", "SummaryRow", "energy_inside", "render"]
+__all__ = [
+    "Cell",
+    "Column",
+    "Row",
+    "SummaryRow",
+    "Thumb",
+    "energy_inside",
+    "render",
+    "thumb",
+]
 
-#: Small images (the 96 px demo) are shown enlarged to at least this width, in CSS pixels.
-MIN_DISPLAY_PX = 144
-#: Large images are shown at most this wide.
-MAX_DISPLAY_PX = 256
+#: Longest side of the embedded thumbnails, in pixels.
+THUMB_PX = 256
+#: Width a thumbnail is shown at, in CSS pixels.
+DISPLAY_PX = 176
+#: Maps per image up to which a card's width grows; beyond, cards take the page's width and wrap.
+_CARD_CELLS = 5
+
+
+@dataclass(frozen=True)
+class Thumb:
+    """An encoded thumbnail: a ``data:`` URI and its pixel size."""
+
+    uri: str
+    width: int
+    height: int
+
+
+def thumb(image: Any, max_side: int = THUMB_PX, fmt: str = "jpeg", quality: int = 80) -> Thumb:
+    """Encode an image as a thumbnail (longer side at most ``max_side``), JPEG by default.
+
+    Call it as soon as an overlay is made, so that a long run keeps kilobytes, not full images.
+    """
+    from camlens import viz
+
+    small = viz.thumbnail(image, max_side)
+    return Thumb(viz.to_image_uri(small, fmt, quality), small.width, small.height)
 
 
 @dataclass
 class Column:
-    """One method column.
+    """One map per image: a method at a class rank.
 
     Attributes:
-        key: the method's registry name (and the column's id).
-        title: the header text.
-        description: a tooltip for the header (the method's one-line description).
+        key: a unique id (``"gradcam:1"``).
+        title: the header text (the method's name, and its layer); a group shows its first
+            column's title.
+        description: a tooltip (the method's one-line description).
+        group: columns with the same group (the method) are shown side by side in one group.
+        rank: the class rank (``None`` without top-k).
     """
 
     key: str
     title: str
     description: str = ""
+    group: str = ""
+    rank: int | None = None
 
 
 @dataclass
@@ -49,16 +94,18 @@ class Cell:
     """One map of one image.
 
     Attributes:
-        image: the overlay (anything :func:`camlens.viz.to_pil` accepts).
-        caption: a short line under the image (e.g. the class explained).
+        image: the overlay (a :class:`Thumb`, or anything :func:`camlens.viz.to_pil` accepts).
+        caption: a short line under the image (the class explained and its score).
         energy: share of the map's energy on the true object, in ``[0, 1]`` (``None``: not known).
         tooltip: text shown when the pointer rests on the image.
+        href: the full-size overlay, relative to the report (``None``: no link).
     """
 
     image: Any
     caption: str = ""
     energy: float | None = None
     tooltip: str = ""
+    href: str | None = None
 
 
 @dataclass
@@ -67,12 +114,13 @@ class Row:
 
     Attributes:
         name: the image's name (file name, or sample number).
-        image: the input as the model sees it.
+        image: the input (a :class:`Thumb` or an image).
         cells: one :class:`Cell` (or ``None`` when a method failed) per column, in column order.
         predicted: the predicted class name.
         probability: its softmax probability.
         true: the true class name, when known.
-        note: an extra line in the input cell (e.g. an error).
+        note: an extra line (the crop the model saw, an error).
+        href: the original image, relative to the report.
     """
 
     name: str
@@ -82,6 +130,7 @@ class Row:
     probability: float | None = None
     true: str | None = None
     note: str = ""
+    href: str | None = None
 
 
 @dataclass
@@ -142,41 +191,51 @@ def energy_inside(cam_map: Any, mask: Any) -> float:
 
 _CSS = """
 :root { --bg: #f6f7f9; --card: #fff; --ink: #1d2330; --muted: #6b7280; --line: #e3e6ea;
-        --accent: #2563eb; --good: #15803d; --bad: #b91c1c; --bar: #60a5fa; }
+        --accent: #2563eb; --good: #15803d; --bad: #b91c1c; --bar: #60a5fa; --thumb: %(thumb)dpx; }
 * { box-sizing: border-box; }
 body { margin: 0; padding: 24px 28px 48px; background: var(--bg); color: var(--ink);
        font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
 header h1 { font-size: 22px; margin: 0 0 4px; font-weight: 650; }
 header p { margin: 2px 0; color: var(--muted); }
 h2 { font-size: 16px; margin: 28px 0 10px; font-weight: 650; }
+.legend { display: flex; flex-wrap: wrap; align-items: center; gap: 8px; margin: 10px 0 0;
+          font-size: 13px; color: var(--ink); }
+.legend .cb { display: inline-block; width: 240px; height: 12px; border-radius: 3px;
+              background: %(gradient)s; }
+.legend .what { color: var(--muted); }
 table { border-collapse: separate; border-spacing: 0; background: var(--card);
         border: 1px solid var(--line); border-radius: 8px; }
 th, td { padding: 8px 10px; border-bottom: 1px solid var(--line); vertical-align: top; text-align: left; }
 tr:last-child td { border-bottom: none; }
-table.maps thead th { position: sticky; top: 0; z-index: 2; background: #eef1f5;
-        font-weight: 600; white-space: nowrap; border-bottom: 1px solid #d5dae1; }
-table.maps thead th:first-child { border-top-left-radius: 8px; }
-table.maps thead th:last-child { border-top-right-radius: 8px; }
-table.maps td { text-align: center; }
-table.maps td:first-child, table.maps th:first-child { position: sticky; left: 0; z-index: 1;
-        background: #fafbfc; border-right: 1px solid var(--line); }
-table.maps thead th:first-child { z-index: 3; background: #eef1f5; }
-figure { margin: 0; display: inline-block; }
-figure img { display: block; border-radius: 4px; background: #ddd; }
-figcaption { margin-top: 4px; font-size: 12px; color: var(--muted); max-width: 256px; }
-.name { font-weight: 600; color: var(--ink); }
-.ok { color: var(--good); font-weight: 600; }
-.wrong { color: var(--bad); font-weight: 600; }
-a { color: var(--accent); text-decoration: none; }
-a:hover { text-decoration: underline; }
-.energy { display: flex; align-items: center; gap: 6px; justify-content: center; font-size: 12px;
-          color: var(--ink); margin-top: 4px; font-variant-numeric: tabular-nums; }
-.meter { width: 64px; height: 6px; border-radius: 3px; background: #e5e7eb; overflow: hidden; }
-.meter span { display: block; height: 100%; background: var(--bar); }
 table.summary td.num, table.summary th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.summary td.desc { color: var(--muted); font-size: 13px; }
 table.summary td:first-child { white-space: nowrap; }
 .best { font-weight: 700; }
+nav.index { font-size: 13px; margin: 6px 0 0; }
+nav.index a { margin-right: 10px; white-space: nowrap; }
+.cards { display: grid; gap: 14px;
+         grid-template-columns: repeat(auto-fill, minmax(min(100%%, var(--card-w)), 1fr)); }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px;
+        min-width: 0; }
+.card > .head { margin: 0 0 8px; }
+.card .name { font-weight: 600; word-break: break-all; }
+.card .meta { color: var(--muted); font-size: 12px; }
+.maps { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
+.group { display: flex; flex-direction: column; gap: 2px; }
+.group .title { font-size: 12px; font-weight: 600; white-space: nowrap; overflow: hidden;
+                text-overflow: ellipsis; }
+.group .figs { display: flex; gap: 6px; }
+figure { margin: 0; width: var(--thumb); }
+figure img { display: block; width: 100%%; height: auto; border-radius: 4px; background: #ddd; }
+figcaption { margin-top: 3px; font-size: 12px; color: var(--muted); overflow-wrap: anywhere; }
+.ok { color: var(--good); font-weight: 600; }
+.wrong { color: var(--bad); font-weight: 600; }
+a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
+.energy { display: flex; align-items: center; gap: 6px; font-size: 12px;
+          color: var(--ink); margin-top: 2px; font-variant-numeric: tabular-nums; }
+.meter { width: 64px; height: 6px; border-radius: 3px; background: #e5e7eb; overflow: hidden; }
+.meter span { display: block; height: 100%%; background: var(--bar); }
 .failed { color: var(--bad); font-size: 12px; }
 footer { margin-top: 24px; color: var(--muted); font-size: 12px; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
@@ -187,22 +246,17 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _display_width(width: int) -> int:
-    return min(max(width, MIN_DISPLAY_PX), MAX_DISPLAY_PX)
+def _as_thumb(image: Any, max_side: int, fmt: str, quality: int) -> Thumb:
+    return image if isinstance(image, Thumb) else thumb(image, max_side, fmt, quality)
 
 
-def _img(image: Any, alt: str, tooltip: str = "") -> str:
-    from camlens import viz
-
-    pil = viz.to_pil(image) if not hasattr(image, "save") else image
-    w, h = pil.size
-    dw = _display_width(w)
-    dh = round(h * dw / w)
+def _img(t: Thumb, alt: str, tooltip: str = "", href: str | None = None) -> str:
     title = f' title="{_e(tooltip)}"' if tooltip else ""
-    return (
-        f'<img src="{viz.to_data_uri(pil)}" alt="{_e(alt)}" width="{dw}" height="{dh}"'
-        f' loading="eager" decoding="sync"{title}>'
+    tag = (
+        f'<img src="{t.uri}" alt="{_e(alt)}" width="{t.width}" height="{t.height}"'
+        f' loading="lazy" decoding="async"{title}>'
     )
+    return f'<a href="{_e(href)}">{tag}</a>' if href else tag
 
 
 def _energy(value: float | None) -> str:
@@ -235,31 +289,6 @@ def _fmt(value: float | None, pattern: str) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return pattern.format(value)
-
-
-def _input_cell(row: Row) -> str:
-    lines = [f'<div class="name">{_e(row.name)}</div>']
-    if row.predicted is not None:
-        prob = f" ({100 * row.probability:.1f}%)" if row.probability is not None else ""
-        cls = ""
-        if row.true is not None:
-            cls = "ok" if row.predicted == row.true else "wrong"
-        lines.append(f'predicted <span class="{cls}">{_e(row.predicted)}</span>{_e(prob)}')
-    if row.true is not None:
-        lines.append(f"true {_e(row.true)}")
-    if row.note:
-        lines.append(f'<span class="failed">{_e(row.note)}</span>')
-    alt = f"input {row.name}"
-    return f"<td><figure>{_img(row.image, alt, alt)}<figcaption>{'<br>'.join(lines)}</figcaption></figure></td>"
-
-
-def _map_cell(row: Row, col: Column, cell: Cell | None) -> str:
-    if cell is None:
-        return f'<td><span class="failed">{_e(col.title)} failed on this image</span></td>'
-    alt = f"{col.title} on {row.name}"
-    tip = cell.tooltip or alt
-    caption = f"<figcaption>{_e(cell.caption)}</figcaption>" if cell.caption else ""
-    return f"<td><figure>{_img(cell.image, alt, tip)}{caption}{_energy(cell.energy)}</figure></td>"
 
 
 def _summary(summary: Sequence[SummaryRow]) -> str:
@@ -301,6 +330,65 @@ def _summary(summary: Sequence[SummaryRow]) -> str:
     )
 
 
+def _groups(columns: Sequence[Column]) -> list[tuple[str, list[int]]]:
+    """Column indices grouped by ``group`` (each column alone when it has none), in first-seen order."""
+    order: dict[str, list[int]] = {}
+    for i, c in enumerate(columns):
+        order.setdefault(c.group or f"\0{c.key}", []).append(i)
+    return [(key.lstrip("\0"), idx) for key, idx in order.items()]
+
+
+def _figure(row: Row, col: Column, cell: Cell | None, max_side: int, fmt: str, quality: int) -> str:
+    if cell is None:
+        return f'<figure><span class="failed">{_e(col.title)} failed on this image</span></figure>'
+    alt = f"{col.title} on {row.name}"
+    t = _as_thumb(cell.image, max_side, fmt, quality)
+    caption = f"<figcaption>{_e(cell.caption)}</figcaption>" if cell.caption else ""
+    return (
+        f"<figure>{_img(t, alt, cell.tooltip or alt, cell.href)}{caption}"
+        f"{_energy(cell.energy)}</figure>"
+    )
+
+
+def _card(
+    i: int,
+    row: Row,
+    columns: Sequence[Column],
+    groups: list[tuple[str, list[int]]],
+    max_side: int,
+    fmt: str,
+    quality: int,
+) -> str:
+    meta = []
+    if row.predicted is not None:
+        prob = f" ({100 * row.probability:.1f}%)" if row.probability is not None else ""
+        cls = ""
+        if row.true is not None:
+            cls = "ok" if row.predicted == row.true else "wrong"
+        meta.append(f'predicted <span class="{cls}">{_e(row.predicted)}</span>{_e(prob)}')
+    if row.true is not None:
+        meta.append(f"true {_e(row.true)}")
+    if row.note:
+        meta.append(_e(row.note))
+    t = _as_thumb(row.image, max_side, fmt, quality)
+    parts = [
+        f'<section class="card" id="img-{i}"><div class="head"><div class="name">{_e(row.name)}</div>'
+        f'<div class="meta">{" · ".join(meta)}</div></div><div class="maps">',
+        f'<div class="group"><div class="title">input</div><div class="figs"><figure>'
+        f"{_img(t, f'input {row.name}', f'input {row.name}', row.href)}</figure></div></div>",
+    ]
+    for _, idx in groups:
+        title = columns[idx[0]].title
+        desc = columns[idx[0]].description
+        figs = "".join(_figure(row, columns[j], row.cells[j], max_side, fmt, quality) for j in idx)
+        parts.append(
+            f'<div class="group"><div class="title" title="{_e(desc)}">{_e(title)}</div>'
+            f'<div class="figs">{figs}</div></div>'
+        )
+    parts.append("</div></section>")
+    return "".join(parts)
+
+
 def render(
     title: str,
     columns: Sequence[Column],
@@ -309,16 +397,28 @@ def render(
     *,
     subtitle: Sequence[str] = (),
     notes: Sequence[str] = (),
+    colormap: str = "jet",
+    scale: str | None = None,
+    failures: Sequence[tuple[str, str]] = (),
+    max_side: int = THUMB_PX,
+    image_format: str = "jpeg",
+    quality: int = 80,
 ) -> str:
     """The report as one HTML string.
 
     Args:
         title: the page's heading.
-        columns: the method columns, in order.
+        columns: the maps per image (method x class rank), in order.
         rows: one per image; each has one cell per column.
         summary: one row per method for the summary table (omitted when empty).
         subtitle: lines under the heading (model, data, settings).
         notes: lines in the footer (how the numbers are computed).
+        colormap: the colour map of the overlays, for the colour bar.
+        scale: what 0 and 1 mean (default: :data:`camlens.viz.PER_IMAGE_SCALE`).
+        failures: ``(input, reason)`` for inputs that could not be explained.
+        max_side: longest side of thumbnails made here (cells given as :class:`Thumb` keep theirs).
+        image_format: ``"jpeg"``, ``"webp"`` or ``"png"`` for thumbnails made here.
+        quality: JPEG/WebP quality for thumbnails made here.
 
     Returns:
         A complete ``<!DOCTYPE html>`` document.
@@ -326,33 +426,47 @@ def render(
     Raises:
         ValueError: a row's cells do not match the columns.
     """
-    from camlens import __version__
+    from camlens import __version__, viz
 
     for r in rows:
         if len(r.cells) != len(columns):
             raise ValueError(f"row {r.name!r} has {len(r.cells)} cells for {len(columns)} columns")
-    head = "".join(f'<th title="{_e(c.description)}">{_e(c.title)}</th>' for c in columns)
-    body = []
-    for r in rows:
-        cells = "".join(_map_cell(r, c, cell) for c, cell in zip(columns, r.cells, strict=True))
-        body.append(f"<tr>{_input_cell(r)}{cells}</tr>")
+    groups = _groups(columns)
+    per_group = max((len(idx) for _, idx in groups), default=1)
+    n_cells = 1 + len(columns)
+    gap = 10
+    card_cells = min(n_cells, 1 + max(per_group, _CARD_CELLS))
+    card_w = card_cells * (DISPLAY_PX + gap) + 24
+    css = _CSS % {"thumb": DISPLAY_PX, "gradient": viz.css_gradient(colormap)}
+    scale_text = scale or viz.PER_IMAGE_SCALE
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{css}</style></head><body>",
         f"<header><h1>{_e(title)}</h1>",
         *(f"<p>{_e(line)}</p>" for line in subtitle),
+        f'<div class="legend"><span>0</span><span class="cb" title="{_e(colormap)}"></span>'
+        f'<span>1</span><span class="what">{_e(scale_text)}. Captions: class explained and '
+        "its score; click a map for the full-size overlay.</span></div>",
         "</header>",
     ]
     if summary:
         parts += ["<h2>Summary</h2>", _summary(summary)]
+    if failures:
+        items = "".join(f"<li><b>{_e(n)}</b>: {_e(why)}</li>" for n, why in failures)
+        parts += [f'<h2>Inputs that failed ({len(failures)})</h2><ul class="failed">{items}</ul>']
+    parts.append(f"<h2>Maps ({len(rows)} image{'s' if len(rows) != 1 else ''})</h2>")
+    if len(rows) > 6:
+        links = "".join(f'<a href="#img-{i}">{_e(r.name)}</a>' for i, r in enumerate(rows))
+        parts.append(f'<details><summary>Index</summary><nav class="index">{links}</nav></details>')
+    parts.append(f'<main class="cards" style="--card-w: {card_w}px">')
     parts += [
-        f"<h2>Maps ({len(rows)} image{'s' if len(rows) != 1 else ''})</h2>",
-        f'<table class="maps"><thead><tr><th>Input</th>{head}</tr></thead><tbody>',
-        *body,
-        "</tbody></table>",
+        _card(i, r, columns, groups, max_side, image_format, quality) for i, r in enumerate(rows)
+    ]
+    parts += [
+        "</main>",
         "<footer>",
         *(f"<p>{_e(n)}</p>" for n in notes),
         f"<p>Made with camlens {_e(__version__)}.</p></footer>",

@@ -57,27 +57,74 @@ class CAMResult:
         """The maps as a ``(B, *input_spatial)`` float32 numpy array (copied to the CPU)."""
         return self.maps.detach().float().cpu().numpy()
 
-    def overlay(self, images: Any, colormap: str = "jet", alpha: float = 0.5) -> list[Any]:
+    def overlay(
+        self,
+        images: Any,
+        colormap: str = "jet",
+        alpha: float = 0.5,
+        *,
+        legend: bool = False,
+        classes: Sequence[str] | None = None,
+    ) -> list[Any]:
         """Heatmaps blended on ``images``, one PIL image per sample.
 
         Args:
-            images: a sequence of ``B`` images (PIL, arrays or ``(C, H, W)`` tensors) or a ``(B, C, H, W)``
-                tensor such as the input batch (values in ``[0, 1]``).
+            images: an :class:`~camlens.images.ImageBatch` from :func:`camlens.load_images`: each map
+                is drawn on the full-resolution original, where the model looked (the part it did
+                not see is greyed; see :func:`camlens.viz.overlay_on_original`). Or a sequence of
+                ``B`` images (PIL, arrays or ``(C, H, W)`` tensors in ``[0, 1]``) or a
+                ``(B, C, H, W)`` tensor in ``[0, 1]`` (for example ``batch.views``): the map is
+                resized to each image.
             colormap: a matplotlib colour map name.
             alpha: weight of the heatmap, ``out = (1 - alpha) * image + alpha * heat``.
+            legend: add a strip with the method, layer, class, score and a colour bar (2-D maps).
+            classes: class names for the legend.
+
+        Raises:
+            ValueError: a normalised input batch (values outside ``[0, 1]``; pass the
+                ``ImageBatch`` or ``batch.views`` instead), or images that do not match the maps.
         """
         from camlens import viz
+        from camlens.images import ImageBatch
 
+        ndim = self.maps.ndim - 1
+        if isinstance(images, ImageBatch):
+            if len(images) != len(self):
+                raise ValueError(
+                    f"got {len(images)} images for {len(self)} maps; pass one image per map"
+                )
+            out = []
+            for i, (orig, geo) in enumerate(zip(images.originals, images.geometry, strict=True)):
+                if geo is None:
+                    img = viz.overlay(images.views[i], self.maps[i], colormap, alpha)
+                else:
+                    img = viz.overlay_on_original(orig, self.maps[i], geo, colormap, alpha)
+                out.append(self._with_legend(img, i, legend, classes, colormap))
+            return out
+        if (
+            ndim == 2
+            and isinstance(images, Tensor)
+            and images.is_floating_point()
+            and images.numel()
+        ):
+            lo, hi = float(images.min()), float(images.max())
+            if lo < -0.1 or hi > 1.1:
+                raise ValueError(
+                    f"these images range over [{lo:.2f}, {hi:.2f}]: a normalised model input, not "
+                    "pictures. Pass the ImageBatch from camlens.load_images(...) (maps drawn on the "
+                    "original photos) or its .views (what the model saw, in [0, 1])"
+                )
         imgs: Sequence[Any] = (
             list(images) if not isinstance(images, Tensor) else list(images.unbind(0))
         )
         if len(imgs) != len(self):
             raise ValueError(f"got {len(imgs)} images for {len(self)} maps; pass one image per map")
-        ndim = self.maps.ndim - 1
         if ndim == 2:
             return [
-                viz.overlay(im, m, colormap=colormap, alpha=alpha)
-                for im, m in zip(imgs, self.maps, strict=True)
+                self._with_legend(
+                    viz.overlay(im, m, colormap=colormap, alpha=alpha), i, legend, classes, colormap
+                )
+                for i, (im, m) in enumerate(zip(imgs, self.maps, strict=True))
             ]
         if ndim == 1:
             return [
@@ -89,19 +136,41 @@ class CAMResult:
             for im, m in zip(imgs, self.maps, strict=True)
         ]
 
-    def _repr_png_(self) -> bytes | None:
-        """Jupyter shows the maps of a 2-D result as a row of heatmaps."""
+    def _with_legend(
+        self, img: Any, i: int, legend: bool, classes: Sequence[str] | None, colormap: str
+    ) -> Any:
+        if not legend:
+            return img
+        from camlens import viz
+        from camlens.gallery import _legend
+
+        return viz.with_legend(img, _legend(self, i, classes, colormap))
+
+    def show(self, images: Any = None, **options: Any) -> Any:
+        """A labelled grid of these maps (on ``images`` if given); see :func:`camlens.show`."""
+        from camlens.gallery import show
+
+        return show(self, images, **options)
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter shows a 2-D result as a labelled grid of heat maps with a colour bar."""
         if self.maps.ndim != 3:
             return None
         try:
-            from camlens import viz
+            from camlens.gallery import show
 
-            cells = [viz.heatmap(m) for m in self.maps[:16]]
-            titles = [
-                f"#{i}" + (f" class {int(self.targets[i])}" if self.targets is not None else "")
-                for i in range(len(cells))
-            ]
-            return viz.to_png_bytes(viz.grid(cells, titles=titles))
+            return show(self, limit=16)._repr_html_()
+        except ImportError:
+            return None
+
+    def _repr_png_(self) -> bytes | None:
+        """The same grid as one PNG, for front ends without HTML."""
+        if self.maps.ndim != 3:
+            return None
+        try:
+            from camlens.gallery import show
+
+            return show(self, limit=16)._repr_png_()
         except ImportError:
             return None
 

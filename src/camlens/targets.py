@@ -48,7 +48,6 @@ __all__ = [
     "TargetSpec",
     "accepts_any_output",
     "box_targets",
-    "parse_target",
     "resolve",
     "select_output",
     "top_k_targets",
@@ -643,64 +642,3 @@ def _describe(output: Any) -> str:
     if isinstance(output, Tensor):
         return f"a tensor of shape {tuple(output.shape)}"
     return f"a {type(output).__name__}"
-
-
-def parse_target(
-    text: str | None, class_names: Sequence[str] | None = None, num_classes: int | None = None
-) -> int | str | None:
-    """A target written by a person: ``None``/``""`` (top class), an index, a class name or ``top-K``.
-
-    The same rules for the command line and the web app: an index must be within ``num_classes`` (or
-    the names) when known; a name is matched without regard to case; ``top-K`` needs ``K >= 1`` and at
-    most as many classes as there are.
-
-    Returns:
-        ``None``, an ``int`` class index, or ``"top-K"`` (for :meth:`BaseCAM.for_targets`).
-
-    Raises:
-        ValueError: anything else; the message names the valid range or the closest class names.
-
-    Example:
-        >>> parse_target("Top-3", ["cat", "dog", "fox"]), parse_target("DOG", ["cat", "dog", "fox"])
-        ('top-3', 1)
-        >>> parse_target("7", num_classes=5)
-        Traceback (most recent call last):
-        ...
-        ValueError: target 7 is out of range: the model has 5 classes (use 0 to 4)
-    """
-    if text is None or not str(text).strip():
-        return None
-    t = str(text).strip()
-    n = len(class_names) if class_names is not None else num_classes
-    m = _TOP.match(t.lower())
-    if m:
-        k = int(m.group(1))
-        if k < 1:
-            raise ValueError(f"target {text!r}: K must be at least 1")
-        if n is not None and k > n:
-            raise ValueError(
-                f"target {text!r}: the model has only {n} classes (use top-1 to top-{n})"
-            )
-        return f"top-{k}"
-    if re.fullmatch(r"[+-]?\d+", t):
-        idx = int(t)
-        if idx < 0:
-            raise ValueError(f"target {idx} is negative; class indices start at 0")
-        if n is not None and idx >= n:
-            raise ValueError(
-                f"target {idx} is out of range: the model has {n} classes (use 0 to {n - 1})"
-            )
-        return idx
-    if class_names is not None:
-        low = t.lower()
-        for i, name in enumerate(class_names):
-            if str(name).lower() == low:
-                return i
-        import difflib
-
-        close = difflib.get_close_matches(t, [str(c) for c in class_names], n=3, cutoff=0.5)
-        hint = f"; closest class names: {', '.join(close)}" if close else ""
-        raise ValueError(f"target {text!r} is not a class index, a class name or top-K{hint}")
-    raise ValueError(
-        f"target {text!r} is not a class index or top-K (this model has no class names)"
-    )

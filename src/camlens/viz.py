@@ -15,6 +15,11 @@ Conventions:
 
       so ``alpha=0`` returns the image unchanged and ``alpha=1`` returns
       ``round(255 * colormap(map)[..., :3])``.
+    * On the original photo (:func:`overlay_on_original`), pixels the model's input did not cover
+      are "unexplained": shown in grey, ``round(0.45 * luma + 0.55 * 150)``, with a white line
+      along the crop's edge.
+    * Legends (:class:`Legend`, :func:`with_legend`) add a strip under an image: the method, layer,
+      target class and score, and a colour bar that says what 0 and 1 mean.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import difflib
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
@@ -34,15 +40,24 @@ if TYPE_CHECKING:
     from matplotlib.colors import Colormap
     from PIL import Image
 
+    from camlens.images import Geometry
+
 __all__ = [
+    "Legend",
+    "colorbar",
+    "css_gradient",
     "grid",
     "heatmap",
     "overlay",
     "overlay_1d",
     "overlay_3d",
+    "overlay_on_original",
+    "thumbnail",
     "to_data_uri",
+    "to_image_uri",
     "to_pil",
     "to_png_bytes",
+    "with_legend",
 ]
 
 ImageLike: TypeAlias = "Image.Image | np.ndarray | torch.Tensor"
@@ -687,3 +702,295 @@ def to_data_uri(image: ImageLike) -> str:
         The data URI string.
     """
     return "data:image/png;base64," + base64.b64encode(to_png_bytes(image)).decode("ascii")
+
+
+# --------------------------------------------------------------------------- colour maps as tables
+
+
+def _lut(colormap: str) -> np.ndarray:
+    """The colour map's table, ``(N, 3)`` float64 in ``[0, 1]`` (what ``cmap(x)`` indexes)."""
+    cmap = _get_cmap(colormap)
+    return np.asarray(cmap(np.arange(cmap.N)), dtype=np.float64)[:, :3]
+
+
+def _lut_index(values: np.ndarray, n: int) -> np.ndarray:
+    """Indices into an ``n``-entry table for values in ``[0, 1]``, as matplotlib computes them."""
+    xa = np.clip(values.astype(np.float64), 0.0, 1.0) * n
+    xa[xa == n] = n - 1
+    return xa.astype(np.int64)
+
+
+def colorbar(colormap: str = "jet", width: int = 256, height: int = 12) -> Image.Image:
+    """A horizontal colour bar: 0 on the left, 1 on the right.
+
+    Pixel column ``j`` shows ``colormap((j + 0.5) / width)``.
+
+    Raises:
+        ValueError: an unknown colour map or a size below 1.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"a colour bar needs a positive size, got {width}x{height}")
+    Image = _pil_image()
+    lut = _lut(colormap)
+    values = (np.arange(width, dtype=np.float64) + 0.5) / width
+    row = _to_uint8(lut[_lut_index(values, len(lut))] * 255.0)
+    return Image.fromarray(np.ascontiguousarray(np.broadcast_to(row, (height, width, 3))))
+
+
+def css_gradient(colormap: str = "jet", stops: int = 17) -> str:
+    """A CSS ``linear-gradient(to right, ...)`` that draws the colour map (for HTML colour bars).
+
+    Example:
+        >>> css_gradient("gray", stops=2)
+        'linear-gradient(to right, #000000 0.0%, #ffffff 100.0%)'
+    """
+    lut = _lut(colormap)
+    parts = []
+    for i in range(stops):
+        t = i / (stops - 1)
+        r, g, b = _to_uint8(lut[_lut_index(np.array([t]), len(lut))][0] * 255.0)
+        parts.append(f"#{r:02x}{g:02x}{b:02x} {100 * t:.1f}%")
+    return f"linear-gradient(to right, {', '.join(parts)})"
+
+
+# --------------------------------------------------------------------------- on the original photo
+
+#: Pixels the model did not see: ``round(_GREY_KEEP * luma + (1 - _GREY_KEEP) * _GREY_LEVEL)``.
+_GREY_KEEP = 0.45
+_GREY_LEVEL = 150.0
+_ROWS_PER_CHUNK_PIXELS = 1 << 20
+
+
+def overlay_on_original(
+    original: ImageLike,
+    cam_map: MapLike,
+    geometry: Geometry,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    *,
+    size: tuple[int, int] | None = None,
+    outline: bool = True,
+) -> Image.Image:
+    """Draw an input-resolution map on the full original photo, where the model saw it.
+
+    The map is placed through ``geometry`` (:meth:`camlens.images.Geometry.place`: bilinear, at each
+    output pixel's centre). Inside the part the model saw, pixels are blended as in :func:`overlay`:
+    ``(1 - alpha) * image + alpha * 255 * colormap(map)``. Outside it, nothing was explained: the
+    photo is shown grey, ``round(0.45 * luma + 0.55 * 150)`` with ``luma = 0.299 R + 0.587 G +
+    0.114 B``, and a white line (``max(1, min(H, W) // 400)`` px) marks the edge of the crop.
+
+    Args:
+        original: the original image (anything :func:`to_pil` accepts) of ``geometry.original_size``.
+        cam_map: ``(H, W)`` map in ``[0, 1]`` at ``geometry.input_size`` (a row of ``CAMResult.maps``).
+        geometry: where the model's input lies in the original.
+        colormap: a matplotlib colour map name.
+        alpha: weight of the heat map, in ``[0, 1]``.
+        size: ``(H, W)`` of the output (default: the original's size); the original is resized
+            (antialiased) and the map placed on that grid.
+        outline: draw the crop's edge when the input does not cover the whole image.
+
+    Returns:
+        An RGB image of ``size`` (or the original's size).
+
+    Raises:
+        ValueError: a map or original whose size does not match ``geometry``, NaN in the map, alpha
+            outside ``[0, 1]``, or an unknown colour map.
+    """
+    a = _check_alpha(alpha)
+    Image = _pil_image()
+    img = to_pil(original)
+    h0, w0 = geometry.original_size
+    if img.size != (w0, h0):
+        raise ValueError(
+            f"the original is {img.width}x{img.height} but the geometry is for {w0}x{h0}; pass the "
+            "image the batch was loaded from (ImageBatch.originals)"
+        )
+    m = _map_to_numpy(cam_map, 2, "(H, W)")
+    ho, wo = size or (h0, w0)
+    if (wo, ho) != img.size:
+        img = img.resize((wo, ho), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    values, inside = geometry.place(m, (ho, wo))
+    lut = _lut(colormap) * 255.0
+    base = np.asarray(img)
+    out = np.empty_like(base)
+    step = max(1, _ROWS_PER_CHUNK_PIXELS // max(1, wo))
+    for r0 in range(0, ho, step):
+        rows = slice(r0, min(ho, r0 + step))
+        px = base[rows].astype(np.float64)
+        heat = lut[_lut_index(values[rows], len(lut))]
+        blend = (1.0 - a) * px + a * heat
+        luma = px @ np.array([0.299, 0.587, 0.114])
+        grey = (_GREY_KEEP * luma + (1.0 - _GREY_KEEP) * _GREY_LEVEL)[..., None]
+        out[rows] = _to_uint8(np.where(inside[rows][..., None], blend, grey))
+    result = Image.fromarray(out)
+    if outline and not geometry.covers_whole_image:
+        _draw_box(result, geometry.scaled_to((ho, wo)).box)
+    return result
+
+
+def _draw_box(image: Image.Image, box: tuple[float, float, float, float]) -> None:
+    """A white rectangle along ``box`` (clipped to the image), in place."""
+    ImageDraw, _ = _pil_draw()
+    w, h = image.size
+    width = max(1, min(w, h) // 400)
+    left, top, right, bottom = box
+    x0, y0 = max(0, round(left)), max(0, round(top))
+    x1, y1 = min(w - 1, round(right) - 1), min(h - 1, round(bottom) - 1)
+    if x1 <= x0 or y1 <= y0:
+        return
+    ImageDraw.Draw(image).rectangle((x0, y0, x1, y1), outline=(255, 255, 255), width=width)
+
+
+# --------------------------------------------------------------------------- legends
+
+#: What the colours mean when every map is scaled on its own (camlens's default).
+PER_IMAGE_SCALE = "normalised per image: 0 = lowest, 1 = highest value of this map"
+
+
+def shared_scale_text(scope: str) -> str:
+    """The scale line for maps scaled together, e.g. ``shared_scale_text("all 30 gradcam maps")``."""
+    return f"shared scale: 0 = lowest, 1 = highest value over {scope}"
+
+
+@dataclass(frozen=True)
+class Legend:
+    """What a map shows, written under it by :func:`with_legend` (and in HTML captions).
+
+    Attributes:
+        method: the method (``"gradcam"``).
+        layer: the layer explained.
+        target: the class explained, e.g. ``"tabby cat (281)"``.
+        score: the score, e.g. ``"logit 9.31, p 0.83"``.
+        scale: what 0 and 1 of the colour bar mean (:data:`PER_IMAGE_SCALE` by default).
+        colormap: the colour map of the map.
+    """
+
+    method: str = ""
+    layer: str = ""
+    target: str = ""
+    score: str = ""
+    scale: str = PER_IMAGE_SCALE
+    colormap: str = "jet"
+
+    def title(self) -> str:
+        """``"gradcam at layer4 · tabby cat (281) · score 9.31"`` (empty parts left out)."""
+        head = f"{self.method} at {self.layer}" if self.method and self.layer else self.method
+        return " · ".join(p for p in (head, self.target, self.score) if p)
+
+
+def _font(size: int) -> Any:
+    _, ImageFont = _pil_draw()
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _text_width(draw: Any, text: str, font: Any) -> int:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return int(right - left)
+
+
+def with_legend(image: ImageLike, legend: Legend, *, min_width: int = 240) -> Image.Image:
+    """The image with a legend strip under it: title line, colour bar from 0 to 1, scale line.
+
+    The strip is as wide as the image (at least ``min_width``; a narrower image is centred on a
+    white canvas) and its text grows with the width (11 to 40 px). The image's own pixels are not
+    changed: they are the top ``H`` rows of the result (offset to the centre when widened).
+
+    Args:
+        image: the overlay (anything :func:`to_pil` accepts).
+        legend: what to write.
+        min_width: the narrowest strip, in pixels.
+
+    Returns:
+        An RGB image ``max(W, min_width)`` wide and taller than the image by the strip.
+    """
+    Image = _pil_image()
+    ImageDraw, _ = _pil_draw()
+    img = to_pil(image)
+    w, h = img.size
+    width = max(w, int(min_width))
+    fs = max(11, min(40, round(width / 42)))
+    font, small = _font(fs), _font(max(10, fs - 2))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 2
+    small_line = int(probe.textbbox((0, 0), "Ag", font=small)[3]) + 2
+    pad = max(4, fs // 2)
+    bar_h = max(8, round(0.8 * fs))
+    title_lines = _wrap(probe, legend.title(), font, width - 2 * pad, max_lines=2)
+    scale_lines = _wrap(probe, legend.scale, small, width - 2 * pad, max_lines=2)
+    strip = line * len(title_lines) + pad // 2 + bar_h + pad // 2
+    strip += pad + small_line * len(scale_lines) + pad
+    canvas = Image.new("RGB", (width, h + strip), (255, 255, 255))
+    canvas.paste(img, ((width - w) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = h + pad
+    for text in title_lines:
+        draw.text((pad, y), text, fill=(20, 20, 20), font=font)
+        y += line
+    y += pad // 2
+    lo_w, hi_w = _text_width(draw, "0", font), _text_width(draw, "1", font)
+    x0 = pad + lo_w + pad // 2
+    x1 = width - pad - hi_w - pad // 2
+    if x1 - x0 >= 8:
+        canvas.paste(colorbar(legend.colormap, x1 - x0, bar_h), (x0, y))
+        text_y = y + (bar_h - line) // 2
+        draw.text((pad, text_y), "0", fill=(20, 20, 20), font=font)
+        draw.text((x1 + pad // 2, text_y), "1", fill=(20, 20, 20), font=font)
+    y += bar_h + pad // 2
+    for text in scale_lines:
+        draw.text((pad, y), text, fill=(90, 90, 90), font=small)
+        y += small_line
+    return canvas
+
+
+def _wrap(draw: Any, text: str, font: Any, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap into at most ``max_lines`` lines; the last one is shortened to fit."""
+    lines: list[str] = []
+    words = text.split()
+    current = ""
+    for i, word in enumerate(words):
+        trial = f"{current} {word}".strip()
+        if current and _text_width(draw, trial, font) > width:
+            if len(lines) == max_lines - 1:
+                rest = " ".join([current, *words[i:]])
+                return [*lines, _fit_text(draw, rest, font, width)]
+            lines.append(current)
+            current = word
+        else:
+            current = trial
+    return [*lines, _fit_text(draw, current, font, width)] if current else lines
+
+
+# --------------------------------------------------------------------------- compressed images
+
+
+def thumbnail(image: ImageLike, max_side: int = 256) -> Image.Image:
+    """A copy whose longer side is at most ``max_side`` (antialiased; smaller images unchanged)."""
+    Image = _pil_image()
+    img = to_pil(image)
+    w, h = img.size
+    if max(w, h) <= max_side:
+        return img
+    scale = max_side / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+def to_image_uri(image: ImageLike, format: str = "jpeg", quality: int = 82) -> str:
+    """Encode an image as a ``data:`` URI: ``"jpeg"`` or ``"webp"`` (lossy, ``quality``) or ``"png"``.
+
+    Raises:
+        ValueError: another format.
+    """
+    fmt = format.lower()
+    if fmt == "png":
+        return to_data_uri(image)
+    if fmt not in ("jpeg", "webp"):
+        raise ValueError(f"format must be 'jpeg', 'webp' or 'png', got {format!r}")
+    Image = _pil_image()
+    img = image if isinstance(image, Image.Image) else to_pil(image)
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format=fmt.upper(), quality=int(quality))
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")

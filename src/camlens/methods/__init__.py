@@ -1,26 +1,40 @@
 """Method classes and the registry ``METHODS`` (name or alias -> class).
 
 Every module of this package is imported here, so a method registers itself with
-``@register(name, aliases=...)`` in its own file and nothing else needs to list it.
+``@register(name, aliases=...)`` in its own file and nothing else needs to list it. Modules are
+imported in :data:`MODULE_ORDER`, then the others by name, and within a module in the order of its
+classes: that is the order of :data:`METHODS`, as users see it listed. :mod:`camlens._catalog` reads
+the same order (and the same decorators) from the source, without importing torch.
 """
 
-# ruff: noqa: I001
 from __future__ import annotations
 
 import importlib
 import pkgutil
 
-# The order of these imports is the order of METHODS, as users see it listed.
-from camlens.methods.gradient import GradCAM, HiResCAM, GradCAMPlusPlus, XGradCAM, LayerCAM
-from camlens.methods.activation import CAM, EigenCAM
-from camlens.methods.perturbation import ScoreCAM, AblationCAM
-from camlens.methods.guided import GuidedBackprop, GuidedGradCAM
-from camlens.methods.base import BaseCAM, MapContext, ModelError
-from camlens.methods.registry import METHODS, get_method, register
+#: Modules whose methods are listed first, in this order (a literal: :mod:`camlens._catalog` reads it).
+MODULE_ORDER = ("gradient", "activation", "perturbation", "guided")
+
+for _name in (*MODULE_ORDER, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
+    importlib.import_module(f"{__name__}.{_name}")
+
+from camlens.methods.activation import CAM, EigenCAM  # noqa: E402
+from camlens.methods.base import BaseCAM, MapContext, ModelError  # noqa: E402
+from camlens.methods.gradient import (  # noqa: E402
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from camlens.methods.guided import GuidedBackprop, GuidedGradCAM  # noqa: E402
+from camlens.methods.perturbation import AblationCAM, ScoreCAM  # noqa: E402
+from camlens.methods.registry import METHODS, get_method, register  # noqa: E402
 
 __all__ = [
     "CAM",
     "METHODS",
+    "MODULE_ORDER",
     "AblationCAM",
     "BaseCAM",
     "EigenCAM",
@@ -37,6 +51,3 @@ __all__ = [
     "get_method",
     "register",
 ]
-
-for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")

@@ -23,11 +23,13 @@ import numpy as np
 import torch
 
 from camlens.capture import LayerInfo, candidate_layers, default_layer
+from camlens.images import Geometry
 from camlens.methods import METHODS, BaseCAM, get_method
 from camlens.models import LoadedModel
+from camlens.pipeline import parse_target
 from camlens.result import CAMResult
 from camlens.serve import imaging
-from camlens.targets import parse_target
+from camlens.targets import select_output
 
 __all__ = ["ChoiceError", "Choices", "Engine", "Explained"]
 
@@ -61,7 +63,8 @@ class Explained:
 
     lm: LoadedModel
     image: Any
-    geometry: dict[str, Any] | None
+    view: torch.Tensor
+    geometry: Geometry | None
     results: list[tuple[str, CAMResult]]
     logits: torch.Tensor | None
 
@@ -80,6 +83,11 @@ class _Entry:
         probe = lm.dummy_input()
         self.layers: list[LayerInfo] = candidate_layers(lm.model, probe)
         self.default_layer = default_layer(lm.model, probe)
+        with torch.no_grad():
+            out = select_output(lm.model(probe), passthrough=True)
+        self.num_classes = (
+            int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
+        )
         self._cams: dict[tuple[str, str | None], BaseCAM] = {}
         self._lock = threading.Lock()
 
@@ -193,11 +201,12 @@ class Engine:
             )
         lm = e.lm
         try:
-            target = parse_target(
-                fields.get("target"),
-                lm.classes,
-                None if lm.classes is not None else self._num_classes(e),
-            )
+            target = parse_target(fields.get("target") or None, lm.classes).spec
+            if isinstance(target, int) and e.num_classes is not None and target >= e.num_classes:
+                raise ValueError(
+                    f"target {target} is out of range: the model has {e.num_classes} classes "
+                    f"(use 0 to {e.num_classes - 1})"
+                )
         except ValueError as err:
             valid: list[Any] = list(map(str, lm.classes)) if lm.classes is not None else []
             raise ChoiceError("target", str(err), valid) from None
@@ -217,12 +226,6 @@ class Engine:
                     [n for n in METHODS if METHODS[n].uses_target],
                 )
         return Choices(e.name, tuple(names), layer, target, counterfactual)
-
-    @staticmethod
-    def _num_classes(e: _Entry) -> int | None:
-        with torch.no_grad():
-            out = e.lm.model(e.lm.dummy_input())
-        return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
 
     # ---- explaining --------------------------------------------------------------------------------
     def run(self, image: Any, choices: Choices) -> Explained:
@@ -245,18 +248,32 @@ class Engine:
                 out = [cam(x, target=choices.target, counterfactual=choices.counterfactual)]
             results += [(method, r) for r in out]
         logits = next((r.logits for _, r in results if r.logits is not None), None)
-        return Explained(lm, image, geometry, results, logits)
+        return Explained(lm, image, view, geometry, results, logits)
 
     def explain(self, image: Any, choices: Choices) -> dict[str, Any]:
         """The JSON answer of ``POST /api/explain`` for a decoded PIL image."""
+        from camlens.viz import Legend
+
         done = self.run(image, choices)
         lm = done.lm
         maps: list[dict[str, Any]] = []
         for method, res in done.results:
             cls = int(res.targets[0]) if res.targets is not None else None
             raw = res.raw[0].detach().float().cpu()
+            target = f"{lm.class_name(cls)} ({cls})" if cls is not None else ""
+            legend = Legend(
+                method=res.method,
+                layer=res.layer,
+                target=target,
+                score=f"score {float(res.scores[0]):.4g}",
+            )
             png = imaging.overlay_png(
-                image, res.maps[0].detach().float().cpu(), done.geometry, self.max_overlay_side
+                image,
+                res.maps[0].detach().float().cpu(),
+                done.view,
+                done.geometry,
+                legend,
+                self.max_overlay_side,
             )
             maps.append(
                 {
@@ -275,7 +292,7 @@ class Engine:
         return {
             "model": choices.model,
             "image": {"width": image.width, "height": image.height},
-            "geometry": done.geometry,
+            "geometry": None if done.geometry is None else done.geometry.as_dict(),
             "predictions": self._predictions(lm, done.logits),
             "maps": maps,
         }
@@ -294,7 +311,7 @@ class Engine:
             "image_size": np.array([image.width, image.height], dtype=np.int64)
         }
         if done.geometry is not None:
-            arrays["box"] = np.array(done.geometry["box"], dtype=np.float64)
+            arrays["box"] = np.array(done.geometry.box, dtype=np.float64)
         one = len(done.results) == 1
         for i, (method, res) in enumerate(done.results):
             p = "" if one else f"{i}_"

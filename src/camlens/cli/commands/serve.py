@@ -1,8 +1,8 @@
-"""``camlens serve``: start the web app on this machine.
+"""``camlens serve``: the local web app and JSON API of :mod:`camlens.serve` (the ``serve`` extra).
 
 The models are loaded once, at start, from the specs on the command line; a request can choose among
 them by name only. The server binds to 127.0.0.1 unless ``--host`` says otherwise, and warns when it
-does not listen on loopback only.
+does not listen on loopback only. Only the standard library is imported until the command runs.
 """
 
 from __future__ import annotations
@@ -10,33 +10,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
-from typing import Any
 
-__all__ = ["add_parser", "run"]
-
-DESCRIPTION = "Start a local web app and JSON API to explore a model's maps."
-
-EPILOG = """\
-The page: http://HOST:PORT/ ; the API: POST /api/explain (multipart: file, model,
-methods, layer, target, counterfactual), GET /api/models, /api/methods,
-/api/layers?model=NAME, /healthz; its OpenAPI page: http://HOST:PORT/docs.
-
-examples:
-  camlens serve
-  camlens serve --model torchvision:resnet50 --weights rn50.pth --workers 2
-  curl -F file=@photo.jpg -F methods=gradcam,scorecam http://127.0.0.1:8000/api/explain
-"""
+from camlens.cli.commands import Command
+from camlens.cli.errors import CLIError
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``serve`` command to an argparse subparsers object."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "serve",
-        help=DESCRIPTION.rstrip("."),
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``camlens serve``."""
     g = p.add_argument_group("models (fixed at start)")
     g.add_argument(
         "--model",
@@ -46,7 +26,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a model to serve (repeat for several; the first is the default): demo, "
         "torchvision:NAME, timm:NAME, hf:NAME, torchscript:FILE or module:callable (default: demo)",
     )
-    g.add_argument("--weights", "-w", metavar="FILE", help="a local state dict (one --model only)")
+    g.add_argument(
+        "--weights",
+        "-w",
+        metavar="FILE|none",
+        help="a local state dict, or 'none' for random weights (one --model only)",
+    )
     g.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)"
     )
@@ -73,22 +58,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="calls that may wait for a worker; more get 503 with Retry-After (default 8)",
     )
     p.add_argument("--audit", metavar="DIR", help="also browse the findings of `camlens audit`")
-    p.set_defaults(func=run)
-    return p
 
 
 def _check(args: argparse.Namespace) -> None:
     if args.workers < 1 or args.queue < 0:
-        raise ValueError("--workers must be at least 1 and --queue at least 0")
+        raise CLIError("--workers must be at least 1 and --queue at least 0")
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port {args.port} is not a port; use 1 to 65535")
+        raise CLIError(f"--port {args.port} is not a port; use 1 to 65535")
     if args.max_upload_mb <= 0 or args.max_pixels < 1:
-        raise ValueError("--max-upload-mb and --max-pixels must be positive")
+        raise CLIError("--max-upload-mb and --max-pixels must be positive")
     specs = args.model or ["demo"]
     if args.weights and len(specs) > 1:
-        raise ValueError("--weights loads into one model; serve one --model with it")
+        raise CLIError("--weights loads into one model; serve one --model with it")
     if len(set(specs)) != len(specs):
-        raise ValueError("a --model is given twice")
+        raise CLIError("a --model is given twice")
 
 
 def is_loopback(host: str) -> bool:
@@ -104,10 +87,19 @@ def is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Load the models and serve until interrupted."""
     _check(args)
-    import torch
-    import uvicorn
+    from camlens.models import parse_spec
+
+    for spec in args.model or ["demo"]:
+        parse_spec(spec)  # an unknown spec fails before torch is imported
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise ImportError(
+            "camlens serve needs the serve extra: pip install 'camlens[serve]'"
+        ) from e
     from PIL import Image
 
+    from camlens.cli.common import device as resolve_device
     from camlens.models import load_model
     from camlens.serve import Engine, create_app
 
@@ -117,9 +109,7 @@ def run(args: argparse.Namespace) -> int:
             "reach this machine can use the server (there is no authentication)",
             file=sys.stderr,
         )
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     specs = args.model or ["demo"]
     models = {spec: load_model(spec, args.weights, device=device) for spec in specs}
     audit = None
@@ -141,3 +131,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"camlens serve: http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+COMMAND = Command(
+    name="serve",
+    help="a local web app and JSON API to explore maps",
+    description="Start a local web app and JSON API to explore a model's maps. The models are "
+    "loaded once, at start; requests choose among them by name.",
+    configure=configure,
+    run=run,
+    order=60,
+    epilog=(
+        "The page: http://HOST:PORT/ ; the API: POST /api/explain (multipart: file, model,\n"
+        "methods, layer, target, counterfactual), GET /api/models, /api/methods,\n"
+        "/api/layers?model=NAME, /healthz; its OpenAPI page: http://HOST:PORT/docs.\n\n"
+        "examples:\n"
+        "  camlens serve\n"
+        "  camlens serve --model torchvision:resnet50 --weights rn50.pth --workers 2\n"
+        "  curl -F file=@photo.jpg -F methods=gradcam,scorecam http://127.0.0.1:8000/api/explain\n"
+    ),
+)
