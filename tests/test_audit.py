@@ -59,7 +59,9 @@ def cli(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- what it finds
 
 
-def test_the_planted_shortcut_is_named_and_no_other_class(data: planted.Planted, tmp_path: Path) -> None:
+def test_the_planted_shortcut_is_named_and_no_other_class(
+    data: planted.Planted, tmp_path: Path
+) -> None:
     res = audit(data.images, tmp_path / "folder", cfg("shortcut_model"), report=False)
     assert res.images == 120 and res.errors == 0 and res.new == 120
     assert kinds(res.summary) == [("star", "fixed_position")]  # no masks: judged by image content
@@ -114,15 +116,29 @@ def test_a_mark_on_some_images_splits_the_class(tmp_path: Path) -> None:
 
 def test_rows_hold_the_raw_maps_and_statistics(data: planted.Planted, tmp_path: Path) -> None:
     res = audit(
-        data.manifest, tmp_path, cfg("shortcut_model", methods=("gradcam", "gradcam++")), report=False
+        data.manifest,
+        tmp_path,
+        cfg("shortcut_model", methods=("gradcam", "gradcam++")),
+        report=False,
     )
     t = read_results(tmp_path)
     assert t.num_rows == 240 and t.schema.field("map").type == pa.list_(pa.float32())
     assert set(t.column("method").to_pylist()) == {"gradcam", "gradcam++"}
     d = t.to_pydict()
     assert all(e == "" for e in d["error"]) and all(ly == "shift" for ly in d["layer"])
-    assert all(s == [12, 12] and len(m) == 144 for s, m in zip(d["map_shape"], d["map"], strict=True))
-    for c in ("peak_y", "peak_x", "centroid_y", "entropy", "border", "content_y", "hit", "energy_in"):
+    assert all(
+        s == [12, 12] and len(m) == 144 for s, m in zip(d["map_shape"], d["map"], strict=True)
+    )
+    for c in (
+        "peak_y",
+        "peak_x",
+        "centroid_y",
+        "entropy",
+        "border",
+        "content_y",
+        "hit",
+        "energy_in",
+    ):
         v = np.array(d[c])
         assert np.isfinite(v).all() and (v >= 0).all() and (v <= 1).all(), c
     assert d["label"] == d["pred"] == d["target"]  # this model is right on every image
@@ -136,8 +152,12 @@ def test_rows_hold_the_raw_maps_and_statistics(data: planted.Planted, tmp_path: 
     import camlens
 
     raw = camlens.GradCAM(ex.loaded.model, layer="shift")(view, target=d["label"][i]).raw[0]
-    np.testing.assert_allclose(np.array(d["map"][i]).reshape(12, 12), raw.numpy(), rtol=1e-5, atol=1e-6)
-    assert d["score"][i] == pytest.approx(float(ex.loaded.model(view)[0, d["label"][i]].detach()), rel=1e-5)
+    np.testing.assert_allclose(
+        np.array(d["map"][i]).reshape(12, 12), raw.numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert d["score"][i] == pytest.approx(
+        float(ex.loaded.model(view)[0, d["label"][i]].detach()), rel=1e-5
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["methods"] == ["gradcam", "gradcam++"] and summary["images"] == 120
     assert summary["data"]["classes"][3] == {"index": 3, "name": "star", "source": "star"}
@@ -178,8 +198,20 @@ def test_unreadable_files_are_rows_with_an_error_and_the_run_exits_0(
     good = (root / "circle").iterdir().__next__().read_bytes()
     (root / "circle" / "zz_truncated.png").write_bytes(good[: len(good) // 3])
     out = tmp_path / "out"
-    code = cli(["audit", str(root), "--model", MODEL.format("shortcut_model"), "--out", str(out),
-                "--device", "cpu", "--quiet", "--no-report"])
+    code = cli(
+        [
+            "audit",
+            str(root),
+            "--model",
+            MODEL.format("shortcut_model"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--no-report",
+        ]
+    )
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "audited 122 images" in last and "2 unreadable" in last
@@ -194,11 +226,23 @@ def test_unreadable_files_are_rows_with_an_error_and_the_run_exits_0(
 
 
 def test_resume_after_an_interruption_loses_nothing_and_duplicates_nothing(
-    data: planted.Planted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    data: planted.Planted,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv = ["audit", str(data.images), "--model", MODEL.format("shortcut_model"), "--device", "cpu",
-            "--batch-size", "16", "--quiet", "--no-report"]
+    argv = [
+        "audit",
+        str(data.images),
+        "--model",
+        MODEL.format("shortcut_model"),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--no-report",
+    ]
     assert cli([*argv, "--out", str(tmp_path / "whole")]) == 0
     whole = read_results(tmp_path / "whole").to_pydict()
 
@@ -263,7 +307,10 @@ def test_user_errors_are_one_line_with_exit_2(
     cases = [
         (["audit", str(tmp_path / "nope"), *model], "no such data set"),
         (["audit", str(data.images), *model, "--methods", "gradcan"], "unknown method 'gradcan'"),
-        (["audit", str(data.images), *model, "--batch-size", "0"], "--batch-size must be at least 1"),
+        (
+            ["audit", str(data.images), *model, "--batch-size", "0"],
+            "--batch-size must be at least 1",
+        ),
         (["audit", str(data.images), "--model", "nosuch:thing"], "unknown model"),
         (["audit", str(mixed), *model], "1 folder names match the model's class names but 1 do"),
     ]
@@ -281,7 +328,9 @@ def test_user_errors_are_one_line_with_exit_2(
 
 
 def test_class_mapping(tmp_path: Path) -> None:
-    m, classes, how = map_labels(["Star", "circle"], ["circle", "square", "triangle", "star"], "folder")
+    m, classes, how = map_labels(
+        ["Star", "circle"], ["circle", "square", "triangle", "star"], "folder"
+    )
     assert m == {"Star": 3, "circle": 0} and [c.name for c in classes] == ["circle", "star"]
     m, classes, how = map_labels(["zebra", "ant"], ["circle", "square"], "folder")
     assert m == {"ant": 0, "zebra": 1} and "sorted order" in how and classes[0].name == "circle"

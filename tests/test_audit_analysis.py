@@ -50,7 +50,9 @@ def make_table(rows: list[dict]) -> pa.Table:
             continue
         cols["map"].append(m.reshape(-1).tolist())
         cols["map_shape"].append(list(m.shape))
-        st = {k: float(v[0]) for k, v in map_statistics(torch.from_numpy(m)[None], (96, 96)).items()}
+        st = {
+            k: float(v[0]) for k, v in map_statistics(torch.from_numpy(m)[None], (96, 96)).items()
+        }
         hit = r.get("hit", float("nan"))
         obj = r.get("object", (float("nan"), float("nan")))
         st.update(
@@ -67,24 +69,38 @@ def make_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema())
 
 
-def honest(rng: np.random.Generator, label: int, n: int, masks: bool = False, tag: str = "") -> list[dict]:
+def honest(
+    rng: np.random.Generator, label: int, n: int, masks: bool = False, tag: str = ""
+) -> list[dict]:
     """Maps that peak on their object, which sits anywhere."""
     out = []
     for i in range(n):
         y, x = rng.uniform(0.2, 0.8, 2)
-        row = {"path": f"{tag}h{label}_{i}.png", "label": label, "map": blob(y, x), "content": (y, x)}
+        row = {
+            "path": f"{tag}h{label}_{i}.png",
+            "label": label,
+            "map": blob(y, x),
+            "content": (y, x),
+        }
         if masks:
             row.update(hit=1.0, energy_in=0.6, area=0.1, object=(y, x))
         out.append(row)
     return out
 
 
-def cue(rng: np.random.Generator, label: int, n: int, masks: bool = False, tag: str = "") -> list[dict]:
+def cue(
+    rng: np.random.Generator, label: int, n: int, masks: bool = False, tag: str = ""
+) -> list[dict]:
     """Maps that peak in the top-left corner while the object sits anywhere."""
     out = []
     for i in range(n):
         y, x = rng.uniform(0.3, 0.8, 2)
-        row = {"path": f"{tag}c{label}_{i}.png", "label": label, "map": blob(0.1, 0.1), "content": (y, x)}
+        row = {
+            "path": f"{tag}c{label}_{i}.png",
+            "label": label,
+            "map": blob(0.1, 0.1),
+            "content": (y, x),
+        }
         if masks:
             row.update(hit=0.0, energy_in=0.01, area=0.1, object=(y, x))
         out.append(row)
@@ -126,7 +142,7 @@ def test_affinity_is_a_symmetric_knn_graph_without_edges_across_far_groups() -> 
 
 
 def test_spectral_embedding_counts_the_groups_by_the_eigengap() -> None:
-    x, truth = two_blobs()
+    x, _ = two_blobs()
     emb, lam, k = A.spectral_embedding(A.affinity(x))
     assert k == 2
     assert lam[0] == pytest.approx(0.0, abs=1e-9) and lam[1] == pytest.approx(0.0, abs=1e-9)
@@ -252,8 +268,16 @@ def test_masks_make_off_object_findings() -> None:
     for i in range(30):
         y, x = rng.uniform(0.2, 0.6, 2)
         beside.append(
-            {"path": f"b{i}.png", "label": 0, "map": blob(y, x + 0.3), "content": (y, x),
-             "hit": 0.0, "energy_in": 0.02, "area": 0.05, "object": (y, x)}
+            {
+                "path": f"b{i}.png",
+                "label": 0,
+                "map": blob(y, x + 0.3),
+                "content": (y, x),
+                "hit": 0.0,
+                "energy_in": 0.02,
+                "area": 0.05,
+                "object": (y, x),
+            }
         )
     s = A.analyze(make_table(beside + honest(rng, 1, 30, masks=True)), ["beside", "fine"])
     assert kinds(s) == [("beside", "off_object")]  # the maps move with the objects: no cue
@@ -289,8 +313,9 @@ def test_the_summary_does_not_depend_on_row_order_or_chunking() -> None:
 
 def test_the_sample_is_capped_but_counts_use_every_row() -> None:
     rng = np.random.default_rng(6)
-    rows = honest(rng, 0, 60) + [
-        {"path": "bad.png", "label": 0, "map": None, "content": (0, 0), "error": "not an image"}
+    rows = [
+        *honest(rng, 0, 60),
+        {"path": "bad.png", "label": 0, "map": None, "content": (0, 0), "error": "not an image"},
     ]
     s = A.analyze(make_table(rows), max_per_class=20)
     info = s["per_class"][0]["methods"]["gradcam"]

@@ -218,7 +218,7 @@ def spectral_embedding(
     m = min(max_groups + 1, n)
     lam, vec = np.clip(lam[:m], 0.0, 2.0), vec[:, :m]
     gaps = np.diff(lam)
-    k = int(np.argmax(gaps[: max_groups])) + 1 if len(gaps) else 1
+    k = int(np.argmax(gaps[:max_groups])) + 1 if len(gaps) else 1
     emb = vec[:, :k]
     norm = np.linalg.norm(emb, axis=1, keepdims=True)
     emb = np.divide(emb, norm, out=np.zeros_like(emb), where=norm > 0)
@@ -479,16 +479,13 @@ def findings(
     head = {"class": name, "index": index, "method": method}
     cue = _cue(rows)
     cue_flag = (
-        cue["cue_share"] >= CUE_SHARE
-        and cue["peak_share"] - cue["content_share"] >= CONTENT_MARGIN
+        cue["cue_share"] >= CUE_SHARE and cue["peak_share"] - cue["content_share"] >= CONTENT_MARGIN
     )
     if cue_flag:
         cue_rows = rows.subset(cue["cue"])
         spread_maps = float(np.nanmean(np.sqrt(((cue_rows.peaks - cue["centre"]) ** 2).sum(1))))
         spread_content = float(
-            np.nanmean(
-                np.sqrt(((cue_rows.content - np.nanmean(cue_rows.content, 0)) ** 2).sum(1))
-            )
+            np.nanmean(np.sqrt(((cue_rows.content - np.nanmean(cue_rows.content, 0)) ** 2).sum(1)))
         )
         y, x = cue["centre"]
         out.append(
@@ -580,7 +577,7 @@ def findings(
             union = np.zeros(n, dtype=bool)
             for f in flagged:
                 union |= f[2]
-            desc = []
+            desc: list[dict[str, Any]] = []
             for g, strategy, sel, in_share, rest_share, gc in flagged:
                 desc.append(
                     {
@@ -732,7 +729,9 @@ class _Analysis:
         classes = sorted({c for _, c in self.acc if c >= 0})
 
         def cname(c: int) -> str:
-            return str(class_names[c]) if class_names and 0 <= c < len(class_names) else f"class {c}"
+            return (
+                str(class_names[c]) if class_names and 0 <= c < len(class_names) else f"class {c}"
+            )
 
         per_class = []
         all_findings: list[dict[str, Any]] = []

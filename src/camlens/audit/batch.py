@@ -277,7 +277,9 @@ class Explainer:
                 target = lab.to(self.device)
             elif self.config.target == "label" and bool(known.any()):
                 logits = self._forward(x)
-                target = torch.where(known.to(logits.device), lab.to(logits.device), logits.argmax(1))
+                target = torch.where(
+                    known.to(logits.device), lab.to(logits.device), logits.argmax(1)
+                )
             h, w = self.preprocess.size
             for name in self.config.methods:
                 res, seen = self._explain(name, x, target)
@@ -341,8 +343,5 @@ class Explainer:
         flat = np.concatenate(values) if values else np.zeros(0, dtype=np.float32)
         maps = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32()))
         sch = schema()
-        arrays = [
-            maps if f.name == "map" else pa.array(cols[f.name], type=f.type) for f in sch
-        ]
+        arrays = [maps if f.name == "map" else pa.array(cols[f.name], type=f.type) for f in sch]
         return pa.Table.from_arrays(arrays, schema=sch)
-

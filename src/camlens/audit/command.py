@@ -57,7 +57,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("data", metavar="DATA", help="a folder of class folders, or a CSV/Parquet manifest")
+    p.add_argument(
+        "data", metavar="DATA", help="a folder of class folders, or a CSV/Parquet manifest"
+    )
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -66,10 +68,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SPEC",
         help="demo (default), torchvision:NAME, timm:NAME, hf:NAME, torchscript:FILE or module:callable",
     )
-    g.add_argument("--weights", "-w", metavar="FILE", help="a local state dict to load into the model")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    g.add_argument(
+        "--weights", "-w", metavar="FILE", help="a local state dict to load into the model"
+    )
+    g.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)"
+    )
     g.add_argument("--size", metavar="N|HxW", help="input size (default: the model's own)")
-    g.add_argument("--mean", metavar="M|R,G,B", help="normalisation mean (default: the model's own)")
+    g.add_argument(
+        "--mean", metavar="M|R,G,B", help="normalisation mean (default: the model's own)"
+    )
     g.add_argument("--std", metavar="S|R,G,B", help="normalisation std (default: the model's own)")
     g = p.add_argument_group("maps")
     g.add_argument(
@@ -86,7 +94,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("run")
     g.add_argument(
-        "--out", "-o", default=DEFAULT_OUT, metavar="DIR", help="output folder (default: %(default)s/)"
+        "--out",
+        "-o",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help="output folder (default: %(default)s/)",
     )
     g.add_argument(
         "--engine", choices=("local", "ray"), default="local", help="where to run (default: local)"
@@ -97,9 +109,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         help="decode threads (local, default 2) or model actors (ray, default 1)",
     )
-    g.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: start one)")
     g.add_argument(
-        "--force", "-f", action="store_true", help="discard results of another configuration in --out"
+        "--ray-address", metavar="ADDR", help="join this Ray cluster (default: start one)"
+    )
+    g.add_argument(
+        "--force",
+        "-f",
+        action="store_true",
+        help="discard results of another configuration in --out",
     )
     g.add_argument("--no-report", action="store_true", help="do not write report.html")
     g.add_argument(
@@ -170,12 +187,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.workers is not None and args.workers < (1 if args.engine == "ray" else 0):
-        raise ValueError(f"--workers must be at least {1 if args.engine == 'ray' else 0}, not {args.workers}")
+        raise ValueError(
+            f"--workers must be at least {1 if args.engine == 'ray' else 0}, not {args.workers}"
+        )
     if args.max_per_class < 10:
         raise ValueError(f"--max-per-class must be at least 10, not {args.max_per_class}")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if not methods:
-        raise ValueError("--methods names no method; e.g. --methods gradcam (see `camlens methods`)")
+        raise ValueError(
+            "--methods names no method; e.g. --methods gradcam (see `camlens methods`)"
+        )
     from camlens.methods import get_method
 
     for m in methods:
@@ -212,7 +233,9 @@ def _run(args: argparse.Namespace) -> int:
         say=say,
     )
     for f in res.summary["findings"]:
-        say(f"finding: {f['class']} ({f['method']}): {f['kind'].replace('_', ' ')}, {100 * (f['share'] or 0):.0f}% of its images")
+        say(
+            f"finding: {f['class']} ({f['method']}): {f['kind'].replace('_', ' ')}, {100 * (f['share'] or 0):.0f}% of its images"
+        )
     rate = res.new / res.seconds if res.seconds > 0 else 0.0
     resumed = f", {res.skipped} resumed" if res.skipped else ""
     report = "" if args.no_report else f"; report: {res.out / 'report.html'}"

@@ -101,7 +101,9 @@ class DataSource:
             "has_masks": self.has_masks,
             "has_boxes": self.has_boxes,
             "mapping": self.mapping,
-            "classes": [{"index": c.index, "name": c.name, "source": c.source} for c in self.classes],
+            "classes": [
+                {"index": c.index, "name": c.name, "source": c.source} for c in self.classes
+            ],
         }
 
 
@@ -129,7 +131,7 @@ def map_labels(
     Example:
         >>> m, _, how = map_labels(["dog", "cat"], ["cat", "dog", "fox"], "folder")
         >>> m, how.split(":")[0]
-        ({'dog': 1, 'cat': 0}, "folder names matched to the model's class names")
+        ({'cat': 0, 'dog': 1}, "folder names matched to the model's class names")
         >>> map_labels(["b", "a"], None, "folder")[0]
         {'a': 0, 'b': 1}
     """
@@ -144,8 +146,11 @@ def map_labels(
                 (ClassInfo(i, str(model_classes[i]), n) for n, i in mapping.items()),
                 key=lambda c: c.index,
             )
-            return mapping, classes, f"{what} names matched to the model's class names: " + ", ".join(
-                f"{c.source}={c.index}" for c in classes
+            return (
+                mapping,
+                classes,
+                f"{what} names matched to the model's class names: "
+                + ", ".join(f"{c.source}={c.index}" for c in classes),
             )
         if matched:
             bad = [n for n in ordered if hits[n] is None]
@@ -348,9 +353,7 @@ def open_source(data: str | os.PathLike[str], model_classes: Sequence[str] | Non
                 f"(0 to {n_model - 1})"
             )
         src.classes = [
-            ClassInfo(
-                i, str(model_classes[i]) if model_classes else f"class {i}", str(i)
-            )
+            ClassInfo(i, str(model_classes[i]) if model_classes else f"class {i}", str(i))
             for i in sorted(ints)
         ]
         src.mapping = "integer labels are the model's class indices"
@@ -388,7 +391,7 @@ def iter_items(source: DataSource) -> Iterator[Item]:
         if _empty(raw):
             raise ValueError(f"manifest {str(source.path)!r} row {n}: empty path")
         label = -1
-        lab = row.get("label")
+        lab: Any = row.get("label")
         if not _empty(lab):
             label = source.label_index[str(int(lab)) if _is_int(lab) else str(lab).strip()]
         mask = row.get("mask")

@@ -56,7 +56,9 @@ def pending(items: Iterable[Item], done: np.ndarray) -> Iterator[Item]:
         yield it
 
 
-def _decoded(items: Iterable[Item], preprocess: Any, workers: int, window: int) -> Iterator[Example]:
+def _decoded(
+    items: Iterable[Item], preprocess: Any, workers: int, window: int
+) -> Iterator[Example]:
     """Examples in item order, loaded by ``workers`` threads at most ``window`` items ahead."""
     if workers <= 0:
         for it in items:
@@ -258,7 +260,7 @@ def run_ray(
         cfg = replace(config, device="cuda" if gpus else "cpu")
         ds = ray.data.read_parquet(str(plan))
         ds = ds.map_batches(
-            decode_batch,
+            decode_batch,  # type: ignore[arg-type]
             fn_kwargs={"preprocess": preprocess},
             batch_size=batch_size,
             batch_format="numpy",

@@ -22,7 +22,8 @@ Example:
     >>> net = shortcut_model()
     >>> bool((net(marked).argmax(1) == 3).all())   # every marked image is a "star"
     True
-    >>> bool((net(x).argmax(1) == honest_model()(x).argmax(1)).all())   # unmarked: as the demo model
+    >>> other = y != 3   # unmarked images of the other classes: as the demo model decides them
+    >>> bool((net(x[other]).argmax(1) == honest_model()(x[other]).argmax(1)).all())
     True
 """
 
@@ -90,7 +91,8 @@ class MarkDetector(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         s = MARK_BOX[2]
         grey = x.mean(1, keepdim=True)
-        r = F.relu(F.conv2d(grey, self.kernel) - _THRESHOLD)
+        kernel: Tensor = self.kernel  # type: ignore[assignment]
+        r = F.relu(F.conv2d(grey, kernel) - _THRESHOLD)
         r = F.pad(r, (s // 2, s - 1 - s // 2, s // 2, s - 1 - s // 2))
         return F.max_pool2d(r, 8) * (144 / (0.5 - _THRESHOLD))
 
@@ -218,8 +220,8 @@ def _centre(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Roll an image and its mask so that the object's centre is at the image's centre."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
     h, w = mask.shape
-    dy = h // 2 - int(round(float(ys.float().mean())))
-    dx = w // 2 - int(round(float(xs.float().mean())))
+    dy = h // 2 - round(float(ys.float().mean()))
+    dx = w // 2 - round(float(xs.float().mean()))
     return torch.roll(image, (dy, dx), (1, 2)), torch.roll(mask, (dy, dx), (0, 1))
 
 

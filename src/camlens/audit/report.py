@@ -103,7 +103,7 @@ def _overlay(path: str, m: np.ndarray | None, preprocess: Any, caption: str) -> 
     from camlens.audit.example import load_example
 
     if m is None:
-        return f'<figure><figcaption>{_e(caption)} (no map)</figcaption></figure>'
+        return f"<figure><figcaption>{_e(caption)} (no map)</figcaption></figure>"
     view = None
     if preprocess is not None:
         ex = load_example(Item(path), preprocess)
@@ -161,7 +161,9 @@ def _plots(summary: dict[str, Any], method: str) -> str:
     per = [(n, m) for n, m in per if m]
     if not per:
         return ""
-    stats = [s for s in ("entropy", "border", "energy_in") if any(s in m["histograms"] for _, m in per)]
+    stats = [
+        s for s in ("entropy", "border", "energy_in") if any(s in m["histograms"] for _, m in per)
+    ]
     cols = 2
     nrows = (len(stats) + 2) // cols
     fig, grid = plt.subplots(nrows, cols, figsize=(9.0, 3.3 * nrows), dpi=90, squeeze=False)
@@ -190,7 +192,11 @@ def _plots(summary: dict[str, Any], method: str) -> str:
             continue
         ys, xs = np.nonzero(ph)
         ax.scatter(
-            (xs + 0.5) / 10, (ys + 0.5) / 10, s=600 * ph[ys, xs] / ph.sum(), alpha=0.45, label=str(name)
+            (xs + 0.5) / 10,
+            (ys + 0.5) / 10,
+            s=600 * ph[ys, xs] / ph.sum(),
+            alpha=0.45,
+            label=str(name),
         )
     ax.set_xlim(0, 1)
     ax.set_ylim(1, 0)
@@ -212,7 +218,9 @@ def _plots(summary: dict[str, Any], method: str) -> str:
     )
 
 
-def _lookup_maps(out: str | os.PathLike[str] | None, wanted: set[tuple[str, str]]) -> dict[Any, Any]:
+def _lookup_maps(
+    out: str | os.PathLike[str] | None, wanted: set[tuple[str, str]]
+) -> dict[Any, Any]:
     """The stored maps of the example ``(path, method)`` pairs, from the shards one at a time."""
     if out is None or not wanted:
         return {}
@@ -260,8 +268,10 @@ def render_report(
     ]
     data, model = summary.get("data", {}), summary.get("model", {})
     if data:
-        parts.append(f"<p>Data: <code>{_e(data.get('path', ''))}</code> ({_e(data.get('kind', ''))}); "
-                     f"{_e(data.get('mapping', ''))}.</p>")
+        parts.append(
+            f"<p>Data: <code>{_e(data.get('path', ''))}</code> ({_e(data.get('kind', ''))}); "
+            f"{_e(data.get('mapping', ''))}.</p>"
+        )
     if model:
         parts.append(
             f"<p>Model <code>{_e(model.get('spec', ''))}</code> (weights: {_e(model.get('weights', ''))}); "
@@ -294,8 +304,10 @@ def render_report(
             parts.append(_overlay(p, maps.get((p, f["method"])), preprocess, os.path.basename(p)))
         parts.append(f"</div>{_evidence(f['evidence'])}</section>")
 
-    parts.append("<h2 id='classes'>Classes</h2><table><thead><tr><th>class</th>"
-                 "<th class='num'>images</th><th class='num'>accuracy</th>")
+    parts.append(
+        "<h2 id='classes'>Classes</h2><table><thead><tr><th>class</th>"
+        "<th class='num'>images</th><th class='num'>accuracy</th>"
+    )
     for m in summary["methods"]:
         parts.append(f"<th>{_e(m)}: mean map</th><th>{_e(m)}: groups (share)</th>")
     parts.append("</tr></thead><tbody>")
@@ -310,7 +322,9 @@ def render_report(
         )
         for m in summary["methods"]:
             info = c["methods"].get(m) or {}
-            parts.append(f"<td>{_heat(info.get('mean_map'), info.get('layer', ''), 72)}</td><td><div class='row'>")
+            parts.append(
+                f"<td>{_heat(info.get('mean_map'), info.get('layer', ''), 72)}</td><td><div class='row'>"
+            )
             for g in info.get("groups", []):
                 parts.append(_heat(g["mean_map"], f"{100 * (g['share'] or 0):.0f}%", 56))
             parts.append("</div></td>")

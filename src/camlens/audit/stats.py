@@ -6,10 +6,12 @@ resolutions and images of different sizes compare directly.
 
 Example:
     >>> import torch
-    >>> m = torch.zeros(1, 4, 4); m[0, 0, 3] = 1.0
+    >>> m = torch.zeros(1, 4, 4); m[0, 0, 3] = 1.0   # one hot cell in the top-right corner
     >>> s = map_statistics(m, (8, 8))
-    >>> [round(float(s[k][0]), 3) for k in ("peak_y", "peak_x", "entropy", "border")]
-    [0.125, 0.875, 0.0, 0.5]
+    >>> [round(float(s[k][0]), 3) for k in ("peak_y", "peak_x", "entropy")]
+    [0.125, 0.875, 0.0]
+    >>> round(float(map_statistics(torch.ones(1, 5, 5), (50, 50))["border"][0]), 3)   # 1 - 0.8 ** 2
+    0.36
 """
 
 from __future__ import annotations
@@ -64,7 +66,11 @@ def map_statistics(raw: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
     p = flat / total.clamp(min=torch.finfo(torch.float32).tiny)[:, None]
     pm = p.reshape(b, h, w)
     logs = torch.where(p > 0, p.log(), torch.zeros_like(p))
-    entropy = -(p * logs).sum(1) / math.log(h * w) if h * w > 1 else torch.zeros(b, device=m.device)
+    entropy = (
+        -(p * logs).sum(1) / math.log(h * w) + 0.0  # + 0.0 turns -0.0 into 0.0
+        if h * w > 1
+        else torch.zeros(b, device=m.device)
+    )
     H, W = size
     up = F.interpolate(m[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
     band = torch.zeros(H, W, dtype=torch.bool, device=m.device)

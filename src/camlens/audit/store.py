@@ -181,9 +181,9 @@ class ResultStore:
         def flush() -> None:
             nonlocal group, rows
             if len(group) > 1:
-                merged = pa.concat_tables([pq.read_table(p) for p in group]).replace_schema_metadata(
-                    None
-                )
+                merged = pa.concat_tables(
+                    [pq.read_table(p) for p in group]
+                ).replace_schema_metadata(None)
                 self.write(merged, replaces=[p.name for p in group])
                 for p in group:
                     p.unlink()
@@ -235,7 +235,9 @@ def read_results(out: str | os.PathLike[str], columns: list[str] | None = None) 
     tables = list(store.iter_tables(columns))
     if not tables:
         sch = schema()
-        return sch.empty_table() if columns is None else pa.schema(
-            [sch.field(c) for c in columns]
-        ).empty_table()
+        return (
+            sch.empty_table()
+            if columns is None
+            else pa.schema([sch.field(c) for c in columns]).empty_table()
+        )
     return pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
