@@ -220,7 +220,7 @@ def test_unreadable_files_are_rows_with_an_error_and_the_run_exits_0(
     assert sorted(Path(p).name for p in bad) == ["zz_garbage.png", "zz_truncated.png"]
     assert "not an image" in bad[str((root / "star" / "zz_garbage.png").resolve())]
     i = d["path"].index(str((root / "star" / "zz_garbage.png").resolve()))
-    assert d["map"][i] == [] and d["pred"][i] == -1 and d["label"][i] == 3
+    assert d["map"][i] == [] and d["pred"][i] == -1 and d["label"][i] == 3 and d["layer"][i] == ""
     summary = json.loads((out / "summary.json").read_text())
     assert summary["errors"] == 2 and kinds(summary) == [("star", "fixed_position")]
 

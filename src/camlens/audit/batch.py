@@ -317,7 +317,7 @@ class Explainer:
                     cols["pred"].append(-1)
                     cols["target"].append(-1)
                     cols["score"].append(float("nan"))
-                    cols["layer"].append(info["layer"] if info else "")
+                    cols["layer"].append("")  # no map, whatever the rest of the batch had
                     cols["map_shape"].append([0, 0])
                     values.append(np.zeros(0, dtype=np.float32))
                     for c in STAT_COLUMNS:
