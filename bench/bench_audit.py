@@ -44,7 +44,7 @@ import tv_cpu_shim  # noqa: F401,E402  (torchvision CPU import shim; a user's ma
 
 import camlens  # noqa: E402
 from camlens.audit import ExplainConfig, Explainer, iter_items, open_source  # noqa: E402
-from camlens.audit.engines import run_local, run_ray  # noqa: E402
+from camlens.audit.engines import init_ray, run_local, run_ray  # noqa: E402
 from camlens.audit.store import ResultStore  # noqa: E402
 
 
@@ -243,7 +243,7 @@ def ray_vs_local(tmp: Path, n: int, batch: int) -> list[dict[str, Any]]:
     )
     t_local = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_ray(num_cpus=2)
     t_init = time.perf_counter() - t0
     rows = []
     try:

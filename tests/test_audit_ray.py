@@ -19,6 +19,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from camlens.audit import ExplainConfig, audit, planted, read_results  # noqa: E402
+from camlens.audit.engines import init_ray  # noqa: E402
 
 MODEL = "camlens.audit.planted:shortcut_model"
 
@@ -26,18 +27,7 @@ MODEL = "camlens.audit.planted:shortcut_model"
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[None]:
     t0 = time.perf_counter()
-    for attempt in range(3):
-        # On a loaded 2-core machine the raylet can time out waiting for its metrics agent to start
-        # (a fixed 30 s in Ray); a second start then succeeds.
-        try:
-            ray.init(
-                num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
-            )
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    init_ray(num_cpus=2)  # retried: a loaded machine can make the first start time out
     print(f"ray.init: {time.perf_counter() - t0:.1f} s")
     yield
     ray.shutdown()

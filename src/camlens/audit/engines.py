@@ -10,7 +10,7 @@ thread writes each batch's shard while the next batch runs. Memory holds the win
 model and one waiting to be written: it does not grow with the data set.
 
 Ray (:func:`run_ray`): the items to do are written to a Parquet plan in ``DIR``; then
-``read_parquet(plan) -> map_batches(decode_batch)`` (tasks) ``-> map_batches(Explainer,
+``read_parquet(plan) -> repartition(batch_size rows per block) -> map_batches(decode_batch)`` (tasks) ``-> map_batches(Explainer,
 compute=ActorPoolStrategy(size=workers), num_gpus=...)`` (actors that load the model once) and the
 driver streams the result blocks into shards. Workers must see the image files and ``DIR`` at the same
 paths (one machine, or a shared file system).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import queue
 import secrets
+import shutil
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +39,7 @@ from camlens.audit.store import ResultStore, path_key
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["pending", "run_local", "run_ray"]
+__all__ = ["init_ray", "pending", "run_local", "run_ray"]
 
 OnBatch = Callable[["pa.Table"], None]
 
@@ -152,8 +153,12 @@ def run_local(
         writer.close()
 
 
-def _write_plan(items: Iterable[Item], path: Path, chunk: int = 4096) -> int:
-    """Write the items to a Parquet file in chunks; returns how many."""
+#: Rows per file of a Ray plan.
+PLAN_ROWS = 65_536
+
+
+def _write_plan(items: Iterable[Item], folder: Path, rows_per_file: int) -> int:
+    """Write the items to Parquet files of ``rows_per_file`` rows in ``folder``; returns how many."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -165,35 +170,64 @@ def _write_plan(items: Iterable[Item], path: Path, chunk: int = 4096) -> int:
             ("box", pa.list_(pa.float64())),
         ]
     )
-    n = 0
-    writer = pq.ParquetWriter(path, sch)
-    try:
-        buf: list[Item] = []
+    folder.mkdir(parents=True, exist_ok=True)
+    n = files = 0
+    buf: list[Item] = []
 
-        def flush() -> None:
-            writer.write_table(
-                pa.table(
-                    {
-                        "path": [i.path for i in buf],
-                        "label": [i.label for i in buf],
-                        "mask": [i.mask for i in buf],
-                        "box": [list(i.box) if i.box is not None else None for i in buf],
-                    },
-                    schema=sch,
-                )
-            )
+    def flush() -> None:
+        nonlocal files
+        table = pa.table(
+            {
+                "path": [i.path for i in buf],
+                "label": [i.label for i in buf],
+                "mask": [i.mask for i in buf],
+                "box": [list(i.box) if i.box is not None else None for i in buf],
+            },
+            schema=sch,
+        )
+        pq.write_table(table, folder / f"plan-{files:08d}.parquet")
+        files += 1
 
-        for it in items:
-            buf.append(it)
-            n += 1
-            if len(buf) == chunk:
-                flush()
-                buf = []
-        if buf:
+    for it in items:
+        buf.append(it)
+        n += 1
+        if len(buf) == rows_per_file:
             flush()
-    finally:
-        writer.close()
+            buf = []
+    if buf:
+        flush()
     return n
+
+
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, quiet: bool = True, attempts: int = 3
+) -> None:
+    """``ray.init`` without the dashboard; a local start is tried up to ``attempts`` times.
+
+    On a loaded machine a local raylet can give up waiting for its metrics agent (a fixed timeout in
+    Ray) and the start fails; a second start usually succeeds. Joining a cluster (``address``) is tried
+    once.
+
+    Raises:
+        ImportError: Ray is not installed.
+    """
+    import ray
+
+    tries = attempts if address is None else 1
+    for i in range(tries):
+        try:
+            ray.init(
+                address=address,
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=not quiet,
+            )
+            return
+        except Exception:
+            ray.shutdown()
+            if i == tries - 1:
+                raise
 
 
 def run_ray(
@@ -235,18 +269,13 @@ def run_ray(
         ) from exc
 
     store.out.mkdir(parents=True, exist_ok=True)
-    plan = store.out / f".plan-{secrets.token_hex(4)}.parquet"
+    plan = store.out / f".plan-{secrets.token_hex(4)}"
     started = False
     try:
-        if _write_plan(items, plan) == 0:
+        if _write_plan(items, plan, PLAN_ROWS) == 0:
             return
         if not ray.is_initialized():
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=not quiet,
-            )
+            init_ray(address, quiet=quiet)
             started = True
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not quiet
@@ -258,7 +287,10 @@ def run_ray(
         # forever for its input.
         actor_cpus = 1.0 if gpus else max(0.25, min(1.0, (cpus - 1) / max(1, workers)))
         cfg = replace(config, device="cuda" if gpus else "cpu")
-        ds = ray.data.read_parquet(str(plan))
+        # A block is the unit that streams through the actors and back to the driver: one batch per
+        # block, so an interruption loses at most the batches in flight. (The streaming repartition
+        # splits the plan's large read blocks; Ray merges small files into one read.)
+        ds = ray.data.read_parquet(str(plan)).repartition(target_num_rows_per_block=batch_size)
         ds = ds.map_batches(
             decode_batch,  # type: ignore[arg-type]
             fn_kwargs={"preprocess": preprocess},
@@ -279,6 +311,6 @@ def run_ray(
             if on_batch is not None:
                 on_batch(table)
     finally:
-        plan.unlink(missing_ok=True)
+        shutil.rmtree(plan, ignore_errors=True)
         if started:
             ray.shutdown()
