@@ -257,7 +257,7 @@ def ray_vs_local(tmp: Path, n: int, batch: int) -> list[dict[str, Any]]:
                 ResultStore(tmp / f"ray-ray-{run}"),
                 batch_size=batch,
                 workers=1,
-                on_batch=lambda t: stamps.append((time.perf_counter(), t.num_rows)),
+                on_batch=lambda t, s=stamps: s.append((time.perf_counter(), t.num_rows)),
             )
             t_ray = time.perf_counter() - t0
             # steady state: from the first batch back to the last, without the pool's start
