@@ -668,8 +668,10 @@ class _Analysis:
     def __init__(self, max_per_class: int) -> None:
         self.max_per_class = max_per_class
         self.acc: dict[tuple[str, int], _Acc] = {}
-        self.paths: set[int] = set()
-        self.error_paths: set[int] = set()
+        # rows and failed rows per method: every image has one row per method, so the images are
+        # counted without holding their paths
+        self.method_rows: dict[str, int] = {}
+        self.method_errors: dict[str, int] = {}
         self.rows = 0
 
     def add(self, table: pa.Table) -> None:
@@ -682,13 +684,12 @@ class _Analysis:
             label, pred = int(cols["label"][i]), int(cols["pred"][i])
             method = str(cols["method"][i])
             path = str(cols["path"][i])
-            key = path_key(path)
+            self.method_rows[method] = self.method_rows.get(method, 0) + 1
             if cols["error"][i]:
-                self.error_paths.add(key)
+                self.method_errors[method] = self.method_errors.get(method, 0) + 1
                 acc = self.acc.setdefault((method, label), _Acc())
                 acc.errors += 1
                 continue
-            self.paths.add(key)
             cls = label if label >= 0 else pred
             acc = self.acc.setdefault((method, cls), _Acc())
             acc.layer = acc.layer or str(cols["layer"][i])
@@ -719,7 +720,7 @@ class _Analysis:
             acc.peak_hist[min(9, int(py * 10)), min(9, int(px * 10))] += 1
             rec = {c: cols[c][i] for c in _SAMPLE_COLUMNS}
             rec["path"], rec["map"] = path, m.astype(np.float32)
-            acc.sample.append((key, rec))
+            acc.sample.append((path_key(path), rec))
             if len(acc.sample) > 2 * self.max_per_class:
                 acc.sample.sort(key=lambda t: t[0])
                 del acc.sample[self.max_per_class :]
@@ -757,8 +758,8 @@ class _Analysis:
         return {
             "version": 1,
             "rows": self.rows,
-            "images": len(self.paths | self.error_paths),
-            "errors": len(self.error_paths - self.paths),
+            "images": max(self.method_rows.values(), default=0),
+            "errors": max(self.method_errors.values(), default=0),
             "methods": methods,
             "classes": [{"index": c, "name": cname(c)} for c in classes],
             "per_class": per_class,

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -90,16 +91,38 @@ def map_statistics(raw: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
     return {k: torch.where(empty, nan, v).float() for k, v in out.items()}
 
 
-def _blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``(B, C, H, W)`` with replicated edges."""
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(n: int, sigma: float) -> Tensor:
+    """``(n, n)`` matrix of a 1-D Gaussian blur with replicated edges: ``blur(v) = M @ v``."""
     r = max(1, int(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
     k = torch.exp(-(t * t) / (2 * sigma * sigma))
     k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    m = torch.zeros(n, n, dtype=torch.float64)
+    rows = torch.arange(n)
+    for off, w in zip(t.long().tolist(), k.tolist(), strict=True):
+        m.index_put_(
+            (rows, (rows + off).clamp(0, n - 1)),
+            torch.tensor(w, dtype=torch.float64),
+            accumulate=True,
+        )
+    return m.float()
+
+
+@functools.lru_cache(maxsize=16)
+def _pool_matrix(n_out: int, n_in: int) -> Tensor:
+    """``(n_out, n_in)`` matrix of adaptive average pooling along one axis."""
+    m = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        a, b = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        m[i, a:b] = 1.0 / (b - a)
+    return m
+
+
+def _blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``(..., n, n)`` with replicated edges (two matrix products)."""
+    m = _blur_matrix(x.shape[-1], float(sigma)).to(x.device)
+    return m @ x @ m.T
 
 
 def content_peak(views: Tensor, grid: int = CONTENT_GRID) -> Tensor:
@@ -123,9 +146,12 @@ def content_peak(views: Tensor, grid: int = CONTENT_GRID) -> Tensor:
     Returns:
         ``(B, 2)`` float32 ``(y, x)`` in ``[0, 1]``.
     """
-    v = F.adaptive_avg_pool2d(views.detach().float(), grid)
-    contrast = (v - _blur(v, grid / 6)).abs().sum(1, keepdim=True)
-    smooth = _blur(contrast, grid / 12)[:, 0]
+    x = views.detach().float()
+    ph = _pool_matrix(grid, x.shape[-2]).to(x.device)
+    pw = _pool_matrix(grid, x.shape[-1]).to(x.device)
+    v = ph @ x @ pw.T  # adaptive average pooling to (grid, grid)
+    contrast = (v - _blur(v, grid / 6)).abs().sum(1)
+    smooth = _blur(contrast, grid / 12)
     b = smooth.shape[0]
     idx = smooth.reshape(b, -1).argmax(1)
     g = _grid(grid, views.device)
