@@ -243,7 +243,12 @@ def test_resume_after_an_interruption_loses_nothing_and_duplicates_nothing(
         "--quiet",
         "--no-report",
     ]
-    assert cli([*argv, "--out", str(tmp_path / "whole")]) == 0
+    loud = [a for a in argv if a != "--quiet"]
+    assert cli([*loud, "--out", str(tmp_path / "whole")]) == 0
+    shown = capsys.readouterr()
+    assert "classes: folder names matched to the model's class names: circle=0" in shown.out
+    assert "img/s" in shown.err  # the progress bar
+    assert "finding: star (gradcam): fixed position" in shown.out
     whole = read_results(tmp_path / "whole").to_pydict()
 
     calls = {"n": 0}
@@ -312,6 +317,7 @@ def test_user_errors_are_one_line_with_exit_2(
             "--batch-size must be at least 1",
         ),
         (["audit", str(data.images), "--model", "nosuch:thing"], "unknown model"),
+        (["audit", str(data.images), *model, "--layer", "nosuch"], "layer 'nosuch' is not a submodule"),
         (["audit", str(mixed), *model], "1 folder names match the model's class names but 1 do"),
     ]
     for argv, msg in cases:
