@@ -317,7 +317,10 @@ def test_user_errors_are_one_line_with_exit_2(
             "--batch-size must be at least 1",
         ),
         (["audit", str(data.images), "--model", "nosuch:thing"], "unknown model"),
-        (["audit", str(data.images), *model, "--layer", "nosuch"], "layer 'nosuch' is not a submodule"),
+        (
+            ["audit", str(data.images), *model, "--layer", "nosuch"],
+            "layer 'nosuch' is not a submodule",
+        ),
         (["audit", str(mixed), *model], "1 folder names match the model's class names but 1 do"),
     ]
     for argv, msg in cases:
@@ -352,3 +355,37 @@ def test_class_mapping(tmp_path: Path) -> None:
     man.write_text("file\na.png\n")
     with pytest.raises(ValueError, match="no 'path' column"):
         open_source(man, None)
+
+
+def test_decode_batch_reads_the_ray_plan_columns(data: planted.Planted) -> None:
+    """The Ray decode stage gets columns as numpy arrays (boxes as arrays or None); it must load the
+    same examples as the local engine's per-item loading."""
+    from camlens.audit.dataset import Item
+    from camlens.audit.example import collate, decode_batch, load_example
+    from camlens.models import Preprocess
+
+    pre = Preprocess((96, 96))
+    paths = np.array([str(data.paths[0]), str(data.paths[1]), "/no/such.png"], dtype=object)
+    boxes = np.empty(3, dtype=object)
+    boxes[:] = [np.array([10.0, 20.0, 30.0, 50.0]), None, None]
+    got = decode_batch(
+        {
+            "path": paths,
+            "label": np.array([0, 1, 2]),
+            "mask": np.array(["", "", ""], dtype=object),
+            "box": boxes,
+        },
+        pre,
+    )
+    want = collate(
+        [
+            load_example(Item(str(data.paths[0]), 0, "", (10, 20, 30, 50)), pre),
+            load_example(Item(str(data.paths[1]), 1), pre),
+            load_example(Item("/no/such.png", 2), pre),
+        ],
+        (96, 96),
+    )
+    np.testing.assert_array_equal(got["view"], want["view"])
+    assert got["has_mask"].tolist() == [True, False, False]
+    assert int(got["mask"][0].sum()) == 20 * 30 and got["mask"][0, 20:50, 10:30].all()
+    assert got["error"][2].startswith("no such image file") and got["label"].tolist() == [0, 1, 2]
