@@ -36,6 +36,11 @@ lies within :data:`FOLLOW_RADIUS` of the image's own most conspicuous region
   Groups that only differ in *where* the objects are (left, right) are not findings: their maps follow
   the content.
 
+Limits: without masks or boxes, "where the content is" comes from an image saliency heuristic; it
+finds the object on the demo images but can miss on photos with several objects or large ones. A cue
+that sits exactly where a class's objects usually are (a watermark in the centre of centred objects)
+cannot be told from the objects by where the maps peak; give masks or boxes for those.
+
 Classes with fewer than :data:`MIN_IMAGES` maps get no findings. Every finding has ``class``, ``kind``,
 ``share`` (of the class's maps), ``evidence`` (numbers) and ``examples`` (paths).
 
