@@ -324,9 +324,11 @@ def test_user_errors_are_one_line_with_exit_2(
         (["audit", str(mixed), *model], "1 folder names match the model's class names but 1 do"),
     ]
     for argv, msg in cases:
-        assert cli(argv) == 2, argv
+        never = tmp_path / "never"
+        assert cli([*argv, "--out", str(never)]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("camlens audit: error: ") and msg in err and "\n" not in err, err
+        assert not never.exists()  # a refused run writes nothing
     out = tmp_path / "out"
     assert cli(["audit", str(data.images), *model, "--out", str(out)]) == 0
     other = ["--model", MODEL.format("shortcut_model"), "--device", "cpu", "--quiet", "--no-report"]

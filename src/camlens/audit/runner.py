@@ -153,6 +153,8 @@ def audit(
     source = open_source(data, loaded.classes)
     target = config.target if source.has_labels else "pred"
     config = replace(config, methods=methods, target=target)
+    # every method on the model, now: an unknown layer fails here, before anything is written
+    explainer = Explainer(config, loaded)
     if say is not None:
         say(f"classes: {source.mapping}")
     fingerprint = {**config.fingerprint(), "data": str(Path(data).resolve())}
@@ -184,7 +186,6 @@ def audit(
     bar = _Progress(max(0, total - len(done)), progress, len(methods))
     try:
         if engine == "local":
-            explainer = Explainer(config, loaded)
             run_local(
                 explainer,
                 items,
