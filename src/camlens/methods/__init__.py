@@ -12,27 +12,40 @@ import pkgutil
 
 # The order of these imports is the order of METHODS, as users see it listed.
 from camlens.methods.gradient import GradCAM, HiResCAM, GradCAMPlusPlus, XGradCAM, LayerCAM
-from camlens.methods.activation import CAM, EigenCAM
+from camlens.methods.gradient import GradCAMElementWise, EigenGradCAM, ShapleyCAM
+from camlens.methods.gradient import SmoothGradCAMPlusPlus, RefineCAM
+from camlens.methods.activation import CAM, EigenCAM, KPCACAM, FEM
 from camlens.methods.perturbation import ScoreCAM, AblationCAM
 from camlens.methods.guided import GuidedBackprop, GuidedGradCAM
+from camlens.methods.fullgrad import FullGrad
+from camlens.methods.transformer import LeGrad
 from camlens.methods.base import BaseCAM, MapContext, ModelError
 from camlens.methods.registry import METHODS, get_method, register
 
 __all__ = [
     "CAM",
+    "FEM",
+    "KPCACAM",
     "METHODS",
     "AblationCAM",
     "BaseCAM",
     "EigenCAM",
+    "EigenGradCAM",
+    "FullGrad",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
     "LayerCAM",
+    "LeGrad",
     "MapContext",
     "ModelError",
+    "RefineCAM",
     "ScoreCAM",
+    "ShapleyCAM",
+    "SmoothGradCAMPlusPlus",
     "XGradCAM",
     "get_method",
     "register",
