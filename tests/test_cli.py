@@ -337,13 +337,15 @@ def test_demo_console_script(runs: tuple[Path, dict]) -> None:
     html = (out / "report.html").read_text()
     from camlens.methods import METHODS
 
+    cnn = [m for m, cls in METHODS.items() if cls.model_kind == "any"]
     for m in METHODS:
         assert m in r.stdout  # the summary table
-        assert len(list(out.glob(f"*.{m}.png"))) == 6
+        # a transformer method cannot explain the demo CNN: its row says it failed, no images
+        assert len(list(out.glob(f"*.{m}.png"))) == (6 if m in cnn else 0)
     assert len(list(out.glob("*.input.png"))) == 6
     assert "report: " in r.stdout
     # self-contained: every image inline, nothing fetched
-    assert html.count('<img src="data:image/png;base64,') == 6 * (len(METHODS) + 1)
+    assert html.count('<img src="data:image/png;base64,') == 6 * (len(cnn) + 1)
     assert "<link" not in html and "<script" not in html
     for c in CLASSES:
         if f"_{c}." in " ".join(p.name for p in out.iterdir()):
