@@ -99,6 +99,7 @@ def _pgc(
         return cam(input_tensor=x, targets=targets)
     finally:
         cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)  # its backward fills every .grad of the shared model
 
 
 def _class_targets(classes: list[int]) -> list:
@@ -337,6 +338,7 @@ def test_refinecam_matches_pytorch_grad_cam(arch, resnet, demo, demo_images) -> 
     finally:
         for c in cam.base_cam_per_layer:
             c.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)
     assert ours.maps.shape == ref.shape and set(ours.per_layer) == set(names)
     np.testing.assert_allclose(ours.maps.numpy(), ref, atol=2e-2)
     assert np.corrcoef(ours.maps.numpy().ravel(), ref.ravel())[0, 1] > 0.999
@@ -674,6 +676,7 @@ def test_legrad_on_timm_vit_equals_a_computation_by_hand(fused: bool) -> None:
     torch.testing.assert_close(by_callable.raw, ours.raw)
 
 
+@pytest.mark.slow
 def test_legrad_on_timm_register_tokens_and_hugging_face() -> None:
     from transformers import ViTConfig, ViTForImageClassification
 

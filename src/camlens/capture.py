@@ -18,6 +18,14 @@ inputs, Ablation-CAM's heads) run inside :func:`paused`, where no scope is activ
 records them. Nothing blocks: two threads run their forwards at the same time (torch releases the
 GIL inside its kernels); ``bench/bench_gradcam.py`` measures what that gives. A model whose forward
 hands work to threads of its own (rare outside ``DataParallel``) is not seen by the hooks there.
+
+**Beyond the layer's first gradient.** ``LayerCapture(full_graph=True)`` records autograd from an
+input that requires grad instead of cutting the graph at the first layer (FullGrad's input and bias
+gradients, LeGrad's attention in the first block); :func:`layer_gradients_and_hvp` adds the
+Hessian-vector product at each layer (ShapleyCAM); :class:`AttentionCapture` records the attention
+probabilities of transformer blocks, wherever and however they are computed (LeGrad); and
+:func:`explicit_attention` computes fused attention step by step so that it can be differentiated
+twice. All of them act only in the thread, and the capture scope, that opened them.
 """
 
 from __future__ import annotations

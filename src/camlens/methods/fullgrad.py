@@ -32,7 +32,7 @@ def effective_bias(module: nn.Module) -> Tensor | None:
     (``gamma = 1``, ``beta = 0`` without affine parameters), as in the FullGrad paper's code.
 
     Example:
-        >>> bn = nn.BatchNorm1d(2).eval(); bn.running_mean.fill_(2.0)
+        >>> bn = nn.BatchNorm1d(2).eval(); _ = bn.running_mean.fill_(2.0)
         >>> effective_bias(bn)
         tensor([-2.0000, -2.0000])
     """

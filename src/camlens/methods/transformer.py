@@ -107,7 +107,9 @@ class LeGrad(BaseCAM):
 
     Args:
         layer: the blocks; ``None`` (default) for every block: the parents of the attention modules
-            (:func:`camlens.capture.attention_blocks`), as the paper aggregates all layers.
+            (:func:`camlens.capture.attention_blocks`), as the paper aggregates all layers (torchcam
+            has no default; the paper's code starts at the second-to-last block, ``layer_index=-2``:
+            pass the last two blocks for that).
         head: how a block's tokens are scored. ``None``: the norms and the linear classifier that run
             after the last block in the model's own forward (``encoder.ln`` and ``heads.head`` of
             torchvision's ViT, ``norm`` and ``head`` of timm's, ``layernorm`` and ``classifier`` of
