@@ -19,7 +19,14 @@ from torch import nn
 
 import camlens
 from camlens import maps
-from camlens.capture import LayerCapture, layer_gradients_and_hvp
+from camlens.capture import (
+    AttentionCapture,
+    LayerCapture,
+    attention_blocks,
+    layer_gradients_and_hvp,
+    paused,
+    resolve_layers,
+)
 from conftest import hook_count
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is all zero for samples")
@@ -722,3 +729,39 @@ def test_legrad_counterfactual_targets_and_refusals() -> None:
     with pytest.raises(ValueError, match="not a submodule"):
         camlens.LeGrad(net, head=("encoder.lnn",))
     assert hook_count(net) == 0
+
+
+def test_attention_capture_records_probabilities_and_changes_nothing() -> None:
+    """The recorded probabilities are the ones the blocks use (rows sum to 1, the output is the
+    model's own), a forward run paused inside the capture is not recorded, and no hook remains."""
+    net = _tv_vit(2)
+    x = torch.rand(2, 3, 32, 32)
+    blocks = resolve_layers(net, attention_blocks(net))
+    with torch.no_grad():
+        plain = net(x)
+    with LayerCapture(blocks, full_graph=True), AttentionCapture(blocks) as cap:
+        out = net(x.clone().requires_grad_(True))
+        with paused():
+            recorded = dict(cap.attentions)
+            net(torch.rand(2, 3, 32, 32))  # an internal forward: not recorded
+        assert all(cap.attentions[n] is recorded[n] for n in recorded)
+    cap.check_called()
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)
+    for probs in cap.attentions.values():
+        assert probs.shape == (2, 2, 17, 17) and probs.requires_grad
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 17))
+    assert hook_count(net) == 0
+    with pytest.raises(ValueError, match="no attention probabilities"):
+        with AttentionCapture([("heads", net.heads)]) as none:
+            net(x)
+        none.check_called()
+
+
+def test_fullgrad_on_a_vit() -> None:
+    """FullGrad needs no layer: on a ViT it takes the input and the patch embedding's bias."""
+    net = _tv_vit(2)
+    x = torch.rand(2, 3, 32, 32)
+    res = camlens.FullGrad(net)(x, target=[0, 3])
+    assert res.maps.shape == (2, 32, 32) and res.raw.shape == (2, 32, 32)
+    assert res.details["fullgrad_layers"] == 1  # conv_proj; linear layers have no spatial map
+    assert bool(torch.isfinite(res.maps).all()) and float(res.raw.max()) > 0

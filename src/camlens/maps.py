@@ -262,8 +262,10 @@ def elementwise_terms(acts: Tensor, grads: Tensor) -> Tensor:
 
     .. math:: M_i = \sum_k \mathrm{ReLU}\!\left(\frac{\partial y^c}{\partial A^k_i} A^k_i\right)
 
-    pytorch-grad-cam's ``GradCAMElementWise`` (no paper): like HiResCAM, but a channel's negative
-    products cannot cancel another's positive ones.
+    pytorch-grad-cam's ``GradCAMElementWise`` (no paper;
+    https://github.com/jacobgil/pytorch-grad-cam): like HiResCAM
+    (https://arxiv.org/abs/2011.08891), but a channel's negative products cannot cancel another's
+    positive ones.
 
     Example:
         >>> elementwise_terms(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[3.0, -1.0]]]))

@@ -112,8 +112,8 @@ class GradCAMElementWise(BaseCAM):
     .. math:: L^c = \sum_k \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A^k} \odot A^k\Big)
 
     Like HiResCAM, but each product is clipped before the sum, so negative evidence in one channel
-    cannot cancel positive evidence in another. No paper; the formula is pytorch-grad-cam's, and the
-    maps agree with it. See :func:`camlens.maps.elementwise_terms`. ``eigen_smooth`` takes the first
+    cannot cancel positive evidence in another. No paper; the formula is pytorch-grad-cam's
+    (https://github.com/jacobgil/pytorch-grad-cam), and the maps agree with it. See :func:`camlens.maps.elementwise_terms`. ``eigen_smooth`` takes the first
     principal component of the clipped products, as pytorch-grad-cam does.
     """
 
