@@ -327,9 +327,9 @@ def test_smoothgradcampp_is_reproducible_and_independent_of_the_batch(resnet) ->
 @pytest.mark.parametrize("arch", ["resnet18", "demo"])
 def test_refinecam_matches_pytorch_grad_cam(arch, resnet, demo, demo_images) -> None:  # type: ignore[no-untyped-def]
     """Both multiply the layers' Grad-CAM++ maps, each scaled and resized to the input. The logits
-    are scaled by 1e4 so that pytorch-grad-cam's Grad-CAM++ epsilon (1e-6) is negligible; the rest
-    differs by where the min-max scaling meets the interpolation (before it there, after it here)
-    and cv2's against torch's bilinear resize."""
+    are scaled by 1e4 so that pytorch-grad-cam's Grad-CAM++ epsilon (1e-6) is negligible. The rest
+    differs only by where the min-max scaling meets the interpolation (before it there, after it
+    here; bilinear resizing keeps the extremes at the borders) and cv2's against torch's resize."""
     from pytorch_grad_cam import RefineCAM
 
     if arch == "demo":
@@ -347,8 +347,7 @@ def test_refinecam_matches_pytorch_grad_cam(arch, resnet, demo, demo_images) -> 
             c.activations_and_grads.release()
         model.zero_grad(set_to_none=True)
     assert ours.maps.shape == ref.shape and set(ours.per_layer) == set(names)
-    np.testing.assert_allclose(ours.maps.numpy(), ref, atol=2e-2)
-    assert np.corrcoef(ours.maps.numpy().ravel(), ref.ravel())[0, 1] > 0.999
+    np.testing.assert_allclose(ours.maps.numpy(), ref, atol=1e-4)  # 7e-6 measured
     # the refinement is the product of the scaled per-layer maps, rescaled
     expected = maps.normalize(torch.stack(list(ours.per_layer.values())).prod(0))
     torch.testing.assert_close(ours.maps, expected)
