@@ -848,9 +848,12 @@ def test_console_script_demo_every_method(ws: Path) -> None:
     html = (folder / "report.html").read_text()
     for m in _catalog.names():
         assert m in r.stdout
-    working = [m for m in _catalog.names() if not m.startswith("guided")]
-    for m in working:
-        assert len(list(folder.glob(f"*.{m}.png"))) == 6, m
+    from camlens import METHODS
+
+    for m in _catalog.names():
+        # every method runs on the demo CNN but those for transformers, whose rows say they failed
+        expected = 6 if METHODS[m].model_kind == "any" else 0
+        assert len(list(folder.glob(f"*.{m}.png"))) == expected, m
     assert html.count('<section class="card"') == 6 and no_temp_files(folder)
 
 

@@ -4,6 +4,12 @@ A method registered with ``@register`` is checked here with no list to update: b
 per-sample, ``for_targets`` equals separate calls, ``with_model`` keeps every option, hooks are gone
 after success and after an error, any memory layout and number of spatial axes, threads sharing one
 model, a model changed between calls, and bad input refused with one clear error.
+
+Each method runs on the test model of the kind it declares (``cls.model_kind``, see
+``conftest.MODELS``): GapNet for ``"any"``, GapViT (the same layout with transformer blocks) for
+``"transformer"``. The behaviours below (a failing head, a model that breaks after one forward, a slow
+head) are mixins, so they apply to either. A method refuses inputs whose number of spatial axes is
+not in its ``spatial_dims`` with a ``ValueError``, and a transformer method refuses a CNN.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import torch
 from torch import nn
 
 import camlens
-from conftest import GapNet, hook_count
+from camlens.reshape import to_spatial
+from conftest import MODELS, Block, GapNet, hook_count
 
 METHODS = list(camlens.METHODS.values())
 ids = [c.name for c in METHODS]
@@ -30,7 +37,25 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is all zero for samples")
 
 
 def build(cls: type, model: nn.Module, **options: Any) -> camlens.BaseCAM:
-    return cls(model, layer="features" if cls.takes_layer else None, **options)
+    """The method on ``model``: at ``features`` (GapNet's conv stack), or at its default layers
+    where that is not a layer it explains (input-space methods; the blocks of a transformer)."""
+    explicit = cls.takes_layer and cls.model_kind == "any"
+    return cls(model, layer="features" if explicit else None, **options)
+
+
+def net_for(cls: type, mixin: type | None = None, **kwargs: Any) -> nn.Module:
+    """The test model of ``cls``'s kind in eval mode, with a behaviour ``mixin`` if given."""
+    base = MODELS[cls.model_kind]
+    kind = base if mixin is None else type(f"{mixin.__name__}{base.__name__}", (mixin, base), {})
+    return kind(**kwargs).eval()
+
+
+def replace_inner_module(net: nn.Module) -> None:
+    """Swap a module inside the explained layers for a new one (other weights, same shapes)."""
+    if isinstance(net, GapNet):
+        net.features[2] = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+    else:
+        net.features[2] = Block(8)
 
 
 def same(a: camlens.CAMResult, b: camlens.CAMResult, tol: float = 1e-5) -> None:
@@ -62,7 +87,7 @@ def test_every_method_is_registered_under_its_name_and_aliases() -> None:
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_batched_equals_per_sample(cls: type) -> None:
-    net = GapNet().eval()
+    net = net_for(cls)
     x = torch.rand(3, 3, 16, 16)
     target = [0, 3, 1]
     batch = build(cls, net)(x, target=target)
@@ -83,7 +108,7 @@ def test_batched_equals_per_sample(cls: type) -> None:
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_for_targets_equals_separate_calls(cls: type) -> None:
-    net = GapNet().eval()
+    net = net_for(cls)
     x = torch.rand(2, 3, 16, 16)
     cam = build(cls, net)
     targets: list[Any] = [np.int64(4), np.array([1, 2]), None, torch.tensor([3, 0])]
@@ -116,13 +141,20 @@ def _keyword_options(cls: type) -> set[str]:
 NON_DEFAULT: dict[str, Any] = {
     "output": lambda out: out,
     "fuse": "max",
-    "reshape": lambda act, x: act,
+    "reshape": lambda act, x: to_spatial(act, x),  # what camlens infers, given by hand
     "fc": "fc",
     "batch_size": 3,
     "top_k": 5,
     "baseline": torch.full((3, 1, 1), 0.25),
     "subtract_baseline": False,
     "split": "hook",
+    "num_samples": 2,
+    "std": 0.1,
+    "seed": 3,
+    "kernel": "rbf",
+    "gamma": 0.5,
+    "k": 1.0,
+    "head": ("fc",),
 }
 
 
@@ -133,7 +165,7 @@ def test_with_model_keeps_every_option(cls: type) -> None:
         wanted.discard("reshape")  # an input-space method refuses a reshape
     missing = wanted - set(NON_DEFAULT)
     assert not missing, f"add a non-default value for {sorted(missing)} to NON_DEFAULT"
-    net = GapNet().eval()
+    net = net_for(cls)
     cam = build(cls, net, **{k: NON_DEFAULT[k] for k in wanted})
     twin = copy.deepcopy(net)
     again = cam.with_model(twin)
@@ -145,10 +177,13 @@ def test_with_model_keeps_every_option(cls: type) -> None:
     same(again(x, target=1), cam(x, target=1))
 
 
-class FailingHead(GapNet):
+class FailingHead:
     """Raises in its head, after the explained layer's hooks have fired, when told to."""
 
     fail = False
+    features: nn.Module
+    pool: nn.Module
+    fc: nn.Module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -159,7 +194,7 @@ class FailingHead(GapNet):
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_hooks_removed_after_success_and_after_an_error_mid_forward(cls: type) -> None:
-    net = FailingHead().eval()
+    net: Any = net_for(cls, FailingHead)
     x = torch.rand(2, 3, 16, 16)
     prev = torch.is_grad_enabled()
     build(cls, net)(x, target=1)
@@ -172,7 +207,7 @@ def test_hooks_removed_after_success_and_after_an_error_mid_forward(cls: type) -
     assert all(p.grad is None for p in net.parameters())
 
 
-class BreaksAfterFirstForward(GapNet):
+class BreaksAfterFirstForward:
     """A model that works once, then fails: only a method's internal forwards meet the failure."""
 
     calls = 0
@@ -181,12 +216,12 @@ class BreaksAfterFirstForward(GapNet):
         self.calls += 1
         if self.calls > 1:
             raise RuntimeError("out of memory on an internal pass")
-        return super().forward(x)
+        return super().forward(x)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_a_failing_internal_forward_is_a_model_error(cls: type) -> None:
-    model = BreaksAfterFirstForward().eval()
+    model: Any = net_for(cls, BreaksAfterFirstForward)
     cam = build(cls, model)
     x = torch.rand(1, 3, 16, 16)
     try:
@@ -196,14 +231,19 @@ def test_a_failing_internal_forward_is_a_model_error(cls: type) -> None:
         assert model.calls > 1  # it was an internal forward that failed
     else:
         assert model.calls == 1 and res.maps.shape == (1, 16, 16)
-    if cls in (camlens.ScoreCAM, camlens.AblationCAM, camlens.GuidedGradCAM):
+    if cls in (
+        camlens.ScoreCAM,
+        camlens.AblationCAM,
+        camlens.GuidedGradCAM,
+        camlens.SmoothGradCAMPlusPlus,
+    ):
         assert model.calls > 1  # these methods need more than one forward
     assert hook_count(model) == 0
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_noncontiguous_and_channels_last_inputs(cls: type) -> None:
-    net = GapNet().eval()
+    net = net_for(cls)
     x = torch.rand(2, 3, 16, 16)
     cam = build(cls, net)
     ref = cam(x, target=[1, 2])
@@ -216,13 +256,20 @@ def test_noncontiguous_and_channels_last_inputs(cls: type) -> None:
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_one_two_and_three_spatial_axes(cls: type, dims: int) -> None:
-    net = GapNet(dims=dims).eval()
     size = {1: 24, 2: 12, 3: 8}[dims]
     x = torch.rand(2, 3, *([size] * dims))
+    if dims not in cls.spatial_dims:
+        net = net_for(cls)
+        with pytest.raises(ValueError, match=rf"{cls.__name__} is defined for .* inputs only"):
+            build(cls, net)(x, target=[1, 2])
+        assert hook_count(net) == 0
+        return
+    net = net_for(cls, dims=dims)
     res = build(cls, net)(x, target=[1, 2])
     assert res.maps.shape == (2, *([size] * dims)) and res.maps.dtype == torch.float32
     assert float(res.maps.min()) >= 0 and float(res.maps.max()) <= 1
-    layer_size = size if cls.input_space else size // 2
+    at_input = cls.input_space or not cls.takes_layer  # the map lives at the input's resolution
+    layer_size = size if at_input else size // 2
     assert res.raw.shape == (2, *([layer_size] * dims))
     if cls.input_space:
         assert res.input_maps is not None and res.input_maps.shape == x.shape
@@ -231,8 +278,12 @@ def test_one_two_and_three_spatial_axes(cls: type, dims: int) -> None:
     torch.testing.assert_close(res.scores, net(x).detach()[[0, 1], [1, 2]])
 
 
-class Yielding(GapNet):
+class Yielding:
     """Sleeps between the explained layer and the head: another thread runs exactly then."""
+
+    features: nn.Module
+    pool: nn.Module
+    fc: nn.Module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -244,7 +295,7 @@ class Yielding(GapNet):
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_two_threads_on_one_model_get_the_sequential_results(cls: type, shared: bool) -> None:
     torch.manual_seed(3)
-    net = Yielding(width=8).eval()
+    net = net_for(cls, Yielding, width=8)
     xs = [torch.rand(2, 3, 16, 16) for _ in range(4)]
     targets = [[0, 1], [2, 3], None, [4, 0]]
     cams = [build(cls, net)] * 2 if shared else [build(cls, net), build(cls, net)]
@@ -274,13 +325,13 @@ def test_two_threads_on_one_model_get_the_sequential_results(cls: type, shared: 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_a_model_changed_between_calls_is_explained_as_it_is_now(cls: type) -> None:
-    net = GapNet().eval()
+    net: Any = net_for(cls)
     x = torch.rand(2, 3, 16, 16)
     cam = build(cls, net)
     before = cam(x, target=1)
     torch.manual_seed(7)
     net.fc = nn.Linear(8, 5)  # a new head
-    net.features[2] = nn.Conv2d(8, 8, 3, stride=2, padding=1)  # a new module inside the layer
+    replace_inner_module(net)  # a new module inside the layer
     now = cam(x, target=1)
     same(now, build(cls, net)(x, target=1))
     assert not torch.allclose(now.scores, before.scores)
@@ -301,10 +352,18 @@ def test_an_automatic_layer_is_chosen_for_each_input_shape() -> None:
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_non_finite_inputs_are_refused_naming_the_samples(cls: type) -> None:
-    net = GapNet().eval()
+    net = net_for(cls)
     x = torch.rand(4, 3, 16, 16)
     x[1, 0, 2, 3] = float("nan")
     x[3, 2, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"NaN or infinite values in sample\(s\) \[1, 3\]"):
         build(cls, net)(x, target=0)
+    assert hook_count(net) == 0
+
+
+@pytest.mark.parametrize("cls", [c for c in METHODS if c.model_kind != "any"], ids=lambda c: c.name)
+def test_a_method_for_transformers_refuses_a_cnn(cls: type) -> None:
+    net = GapNet().eval()
+    with pytest.raises(ValueError, match="has no attention module"):
+        cls(net)
     assert hook_count(net) == 0

@@ -11,15 +11,23 @@ from torch import nn
 
 import camlens
 from camlens import maps
-from conftest import ConvHead, GapNet, hook_count, out_of_place_copy
+from conftest import MODELS, ConvHead, GapNet, hook_count, out_of_place_copy
 
 ALL = list(camlens.METHODS.values())
 GUIDED = [c for c in ALL if c.input_space]
+# methods that explain any model (transformer-only methods run on GapViT in test_contract.py)
+ANY = [c for c in ALL if c.model_kind == "any"]
 
 
 def layer_of(cls: type, name: str = "features") -> str | None:
-    """The layer argument for a method: input-space methods without a layer take none."""
-    return name if cls.takes_layer else None
+    """The layer argument for a method: methods without a layer, and transformer methods (which
+    take their blocks), take none here."""
+    return name if cls.takes_layer and cls.model_kind == "any" else None
+
+
+def model_for(cls: type, gapnet: GapNet) -> nn.Module:
+    """``gapnet`` for methods that explain any model, a GapViT for transformer methods."""
+    return gapnet if cls.model_kind == "any" else MODELS[cls.model_kind]().eval()
 
 
 def reference_acts_grads(model: nn.Module, layer: nn.Module, x: torch.Tensor, cls: torch.Tensor):
@@ -46,6 +54,25 @@ def reference_acts_grads(model: nn.Module, layer: nn.Module, x: torch.Tensor, cl
         h.remove()
         model.zero_grad(set_to_none=True)
     return store["a"].detach(), store["a"].grad.detach()
+
+
+def reference_hvp(
+    model: nn.Module, layer: nn.Module, x: torch.Tensor, cls: torch.Tensor
+) -> torch.Tensor:
+    """The Hessian-vector product ``H A`` at ``layer`` by the plain route: full graph, double backward."""
+    names = {id(m): n for n, m in model.named_modules()}
+    model = out_of_place_copy(model)
+    layer = model.get_submodule(names[id(layer)])
+    store = {}
+    h = layer.register_forward_hook(lambda _m, _i, out: store.setdefault("a", out))
+    try:
+        out = model(x.clone().requires_grad_(True))
+    finally:
+        h.remove()
+    a = store["a"]
+    (g,) = torch.autograd.grad(out.gather(1, cls[:, None]).sum(), a, create_graph=True)
+    (hv,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+    return hv.detach()
 
 
 # ---- identities ---------------------------------------------------------------------------------
@@ -162,11 +189,41 @@ def test_every_method_matches_reference_formula_from_full_autograd(
         pytest.skip("perturbation methods have closed-form tests in test_family.py")
     if cls.input_space:
         pytest.skip("input-space methods have module-swap references in test_family.py")
+    if not cls.takes_layer:
+        pytest.skip(
+            "FullGrad has completeness and pytorch-grad-cam tests in test_gradient_family.py"
+        )
+    if cls.model_kind != "any":
+        pytest.skip(
+            "transformer methods: test_gradient_family.py (torchcam and by-hand references)"
+        )
     x = torch.rand(2, 3, 12, 12)
     target = torch.tensor([2, 0])
     a, g = reference_acts_grads(convhead, convhead.body, x, target)
     spatial = (2, 3)
-    if cls is camlens.GradCAM:
+    options: dict = {}
+    if cls in (camlens.GradCAMPlusPlus, camlens.RefineCAM, camlens.SmoothGradCAMPlusPlus):
+        # RefineCAM of one layer, and Smooth Grad-CAM++ without noise, are Grad-CAM++
+        options = {"std": 0.0} if cls is camlens.SmoothGradCAMPlusPlus else {}
+        g2, g3 = g**2, g**3
+        alpha = g2 / (2 * g2 + a.sum(spatial, keepdim=True) * g3)
+        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+        w = (alpha * g.clamp(min=0)).sum(spatial, keepdim=True)
+        ref = (w * a).sum(1)
+    elif cls is camlens.GradCAMElementWise:
+        ref = (g * a).clamp(min=0).sum(1)
+    elif cls is camlens.EigenGradCAM:
+        ref = maps.eigencam_map(g * a)
+    elif cls is camlens.ShapleyCAM:
+        hv = reference_hvp(convhead, convhead.body, x, target)  # the tanh head has curvature
+        assert float(hv.abs().max()) > 0
+        ref = ((g - 0.5 * hv).mean(spatial, keepdim=True) * a).sum(1)
+    elif cls is camlens.KPCACAM:
+        ref = maps.kpca_map(a)
+    elif cls is camlens.FEM:
+        mean, std = a.mean(spatial, keepdim=True), a.std(spatial, keepdim=True, correction=0)
+        ref = ((a > mean + 2 * std).float() * mean).sum(1)
+    elif cls is camlens.GradCAM:
         ref = (g.mean(spatial, keepdim=True) * a).sum(1)
     elif cls is camlens.HiResCAM:
         ref = (g * a).sum(1)
@@ -175,17 +232,11 @@ def test_every_method_matches_reference_formula_from_full_autograd(
     elif cls is camlens.XGradCAM:
         w = (g * a).sum(spatial, keepdim=True) / a.sum(spatial, keepdim=True)
         ref = (w * a).sum(1)
-    elif cls is camlens.GradCAMPlusPlus:
-        g2, g3 = g**2, g**3
-        alpha = g2 / (2 * g2 + a.sum(spatial, keepdim=True) * g3)
-        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-        w = (alpha * g.clamp(min=0)).sum(spatial, keepdim=True)
-        ref = (w * a).sum(1)
     elif cls is camlens.EigenCAM:
         ref = maps.eigencam_map(a)
     else:
         pytest.fail(f"no reference for {cls.__name__}; add one")
-    res = cls(convhead, layer="body")(x, target=target)
+    res = cls(convhead, layer="body", **options)(x, target=target)
     ref = ref.clamp(min=0)
     assert float(ref.max()) > 0
     torch.testing.assert_close(res.raw, ref, rtol=1e-4, atol=1e-5 * float(ref.max()))
@@ -194,7 +245,7 @@ def test_every_method_matches_reference_formula_from_full_autograd(
 # ---- results: shapes, ranges, batches, dimensions ---------------------------------------------
 
 
-@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.name)
+@pytest.mark.parametrize("cls", ANY, ids=lambda c: c.name)
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_every_method_every_dimension(cls: type, dims: int) -> None:
     net = GapNet(dims=dims).eval()
@@ -203,7 +254,7 @@ def test_every_method_every_dimension(cls: type, dims: int) -> None:
     res = cls(net)(x, target=1)
     assert res.layer == ("features" if cls.takes_layer else "input")
     assert res.maps.shape == (2, *([size] * dims)) and res.maps.dtype == torch.float32
-    raw_size = size if cls.input_space else size // 2
+    raw_size = size if cls.input_space or not cls.takes_layer else size // 2
     assert res.raw.shape == (2, *([raw_size] * dims))
     assert float(res.maps.min()) >= 0.0 and float(res.maps.max()) <= 1.0
     assert float(res.raw.min()) >= 0.0
@@ -213,11 +264,12 @@ def test_every_method_every_dimension(cls: type, dims: int) -> None:
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.name)
 def test_batched_equals_per_sample(cls: type, gapnet: GapNet) -> None:
+    net = model_for(cls, gapnet)
     x = torch.rand(4, 3, 16, 16)
     target = [0, 3, 1, 4]
-    batch = cls(gapnet, layer=layer_of(cls))(x, target=target)
+    batch = cls(net, layer=layer_of(cls))(x, target=target)
     for i in range(4):
-        one = cls(gapnet, layer=layer_of(cls))(x[i : i + 1], target=target[i])
+        one = cls(net, layer=layer_of(cls))(x[i : i + 1], target=target[i])
         torch.testing.assert_close(batch.raw[i], one.raw[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(batch.maps[i], one.maps[0], rtol=1e-4, atol=1e-5)
 
@@ -270,6 +322,7 @@ def test_several_layers_are_fused(gapnet: GapNet) -> None:
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.name)
 def test_model_left_untouched(cls: type, gapnet: GapNet) -> None:
+    gapnet = model_for(cls, gapnet)
     x = torch.rand(2, 3, 16, 16)
     flags = [p.requires_grad for p in gapnet.parameters()]
     state = {k: v.clone() for k, v in gapnet.state_dict().items()}

@@ -51,6 +51,10 @@ def test_a_row_per_method_and_two_baselines(report: evaluate.EvaluationReport) -
 
 def test_values_in_range(report: evaluate.EvaluationReport) -> None:
     for r in report.rows:
+        if r.kind == "method" and camlens.METHODS[r.name].model_kind != "any":
+            # a transformer method on this CNN: its row reports why, and the run goes on
+            assert r.error is not None and "no attention module" in r.error
+            continue
         assert r.error is None, r.error
         for key in (
             "pointing_game",

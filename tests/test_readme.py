@@ -106,3 +106,9 @@ def test_the_readme_blocks_run_as_printed(readme_folder: Path, registry_restored
         assert im.size[0] == 600
     assert (readme_folder / "comparison.html").read_text().count("<img ") == 2 * (1 + 6)
     assert os.environ["TORCH_HOME"].endswith("torch-home")
+    # the audit example: the planted shortcut is found, and the stored table alone finds it again
+    audited = ns["outcome"].summary["findings"]
+    assert [(f["class"], f["kind"]) for f in audited] == [("star", "fixed_position")]
+    assert [(f["class"], f["kind"]) for f in ns["summary"]["findings"]] == [
+        ("star", "fixed_position")
+    ]

@@ -11,7 +11,11 @@ import camlens
 from camlens import maps
 
 # maps of a layer (input-space methods are checked on every dimension in test_contract.py)
-CAM_METHODS = [c for c in camlens.METHODS.values() if not c.input_space]
+CAM_METHODS = [
+    c
+    for c in camlens.METHODS.values()
+    if not c.input_space and c.takes_layer and c.model_kind == "any"
+]  # FullGrad (no layer) and LeGrad (attention): tests/test_gradient_family.py
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is all zero for samples")
 

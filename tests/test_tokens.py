@@ -12,7 +12,11 @@ import camlens
 from camlens.reshape import Layout, infer_layout, to_spatial
 
 # maps of a layer (input-space methods are checked on every dimension in test_contract.py)
-CAM_METHODS = [c for c in camlens.METHODS.values() if not c.input_space]
+CAM_METHODS = [
+    c
+    for c in camlens.METHODS.values()
+    if not c.input_space and c.takes_layer and c.model_kind == "any"
+]  # FullGrad (no layer) and LeGrad (attention): tests/test_gradient_family.py
 
 # random weights: for some samples no position has positive evidence and the map is empty (with a
 # warning); the tests check the signed map (before the ReLU) instead, see signed_map

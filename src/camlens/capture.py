@@ -18,12 +18,21 @@ inputs, Ablation-CAM's heads) run inside :func:`paused`, where no scope is activ
 records them. Nothing blocks: two threads run their forwards at the same time (torch releases the
 GIL inside its kernels); ``bench/bench_gradcam.py`` measures what that gives. A model whose forward
 hands work to threads of its own (rare outside ``DataParallel``) is not seen by the hooks there.
+
+**Beyond the layer's first gradient.** ``LayerCapture(full_graph=True)`` records autograd from an
+input that requires grad instead of cutting the graph at the first layer (FullGrad's input and bias
+gradients, LeGrad's attention in the first block); :func:`layer_gradients_and_hvp` adds the
+Hessian-vector product at each layer (ShapleyCAM); :class:`AttentionCapture` records the attention
+probabilities of transformer blocks, wherever and however they are computed (LeGrad); and
+:func:`explicit_attention` computes fused attention step by step so that it can be differentiated
+twice. All of them act only in the thread, and the capture scope, that opened them.
 """
 
 from __future__ import annotations
 
 import contextvars
 import difflib
+import inspect
 import math
 import threading
 import warnings
@@ -34,20 +43,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from camlens._structure import structure_key
 from camlens.reshape import infer_layout
 
 __all__ = [
+    "AttentionCapture",
     "CaptureError",
     "LayerCapture",
     "LayerInfo",
+    "attention_blocks",
     "candidate_layers",
     "default_layer",
+    "explicit_attention",
     "find_default_layer",
     "find_last_spatial_layer",
     "layer_gradients",
+    "layer_gradients_and_hvp",
     "layer_table",
     "owned_hooks",
     "paused",
@@ -95,19 +110,37 @@ def owned_hooks() -> Iterator[Callable[[Callable[..., Any]], Callable[..., Any]]
     """
     scope = _Scope()
     token = _ACTIVE.set(scope)
-
-    def own(hook: Callable[..., Any]) -> Callable[..., Any]:
-        def guarded(*args: Any) -> Any:
-            if _ACTIVE.get() is not scope:
-                return None
-            return hook(*args)
-
-        return guarded
-
     try:
-        yield own
+        yield lambda hook: _guard(scope, hook)
     finally:
         _ACTIVE.reset(token)
+
+
+def _guard(scope: object, hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook``, acting only while ``scope`` is the active scope of the context it fires in."""
+
+    def guarded(*args: Any) -> Any:
+        if _ACTIVE.get() is not scope:
+            return None
+        return hook(*args)
+
+    return guarded
+
+
+@contextmanager
+def joined_hooks() -> Iterator[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """Like :func:`owned_hooks`, but joining the scope already active here if there is one.
+
+    Two captures of one call (a :class:`LayerCapture` and an :class:`AttentionCapture`) must act in
+    the same scope: an inner scope would silence the outer one's hooks. Outside any capture this
+    opens a scope of its own.
+    """
+    scope = _ACTIVE.get()
+    if scope is None:
+        with owned_hooks() as own:
+            yield own
+    else:
+        yield lambda hook: _guard(scope, hook)
 
 
 @contextmanager
@@ -488,6 +521,13 @@ class LayerCapture:
         grad: set up the fast gradient path (leaf at the first captured layer). Without it the forward
             runs entirely without autograd and only activations are recorded.
         record_inputs: extra modules whose *input* is recorded (e.g. a classifier, to check CAM's head).
+        full_graph: with ``grad``, record autograd for the whole forward instead of cutting the graph
+            at the first captured layer: the caller passes an input that requires grad, gradients are
+            switched on for the whole block, and every captured output stays connected to the input.
+            For methods that need gradients at the input or inside the first captured layer too
+            (FullGrad's input-gradient, LeGrad's attention of the first block). Each captured output
+            is still recorded before the next module sees it (that module gets a clone), so an
+            in-place op downstream cannot change what is differentiated.
 
     Attributes:
         activations: name -> output of that layer on its last call (a leaf or part of the graph).
@@ -501,9 +541,11 @@ class LayerCapture:
         *,
         grad: bool = True,
         record_inputs: list[tuple[str, nn.Module]] | None = None,
+        full_graph: bool = False,
     ) -> None:
         self.layers = layers
         self.grad = grad
+        self.full_graph = bool(full_graph and grad)
         self.record_inputs = record_inputs or []
         self.activations: dict[str, Tensor] = {}
         self.inputs: dict[str, Tensor] = {}
@@ -521,7 +563,9 @@ class LayerCapture:
                     "output is a tensor (or a tuple starting with one)"
                 )
             self.calls[name] = self.calls.get(name, 0) + 1
-            if self.grad:
+            if self.full_graph:
+                act = t  # the whole forward is recorded: keep the graph from the input
+            elif self.grad:
                 if not torch.is_grad_enabled() or not t.requires_grad:
                     # First captured layer: cut the graph here, differentiate only what follows.
                     act = t.detach().requires_grad_(True)
@@ -556,7 +600,7 @@ class LayerCapture:
         except BaseException:
             self._close()
             raise
-        torch.set_grad_enabled(False)
+        torch.set_grad_enabled(self.full_graph)
         return self
 
     def _close(self) -> None:
@@ -618,3 +662,331 @@ def layer_gradients(
         n: (g if g is not None else torch.zeros_like(a))
         for n, a, g in zip(names, acts, grads, strict=True)
     }
+
+
+def layer_gradients_and_hvp(
+    score: Tensor, activations: dict[str, Tensor], *, retain_graph: bool = False
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    r"""Gradients ``G`` of ``score.sum()`` at each activation ``A``, and the Hessian-vector products ``H A``.
+
+    .. math:: G = \frac{\partial y}{\partial A}, \qquad
+              (H A)_i = \sum_j \frac{\partial^2 y}{\partial A_i \partial A_j} A_j
+                      = \frac{\partial}{\partial A_i} \big(G \cdot \bar{A}\big)
+
+    where ``\bar{A}`` is ``A`` held fixed. Double backward through the part of the graph after each
+    activation only (on the fast path: the head after the layer). Each layer's product uses its own
+    second derivatives (``H_{ll} A_l``), never cross-layer terms. Where ``G`` does not depend on ``A``
+    (a head that is linear in the layer, e.g. the logits of GAP + linear, or a piecewise-linear
+    ReLU head almost everywhere) the product is exactly zero.
+
+    Raises:
+        ValueError: the score does not depend on any of the activations.
+
+    Example:
+        >>> a = torch.tensor([[1.0, 2.0]], requires_grad=True)
+        >>> g, hv = layer_gradients_and_hvp((a**3).sum(1), {"a": a})
+        >>> g["a"], hv["a"]   # 3 a^2 and 6 a * a
+        (tensor([[ 3., 12.]]), tensor([[ 6., 24.]]))
+    """
+    names = list(activations)
+    if not score.requires_grad:
+        raise ValueError(
+            f"the target score does not depend on layer(s) {names}: the output is not computed from "
+            "them, or the target callable detached it; choose a layer before the output"
+        )
+    acts = [activations[n] for n in names]
+    grads_out: dict[str, Tensor] = {}
+    hvp_out: dict[str, Tensor] = {}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(score.sum(), acts, create_graph=True, allow_unused=True)
+        for i, (n, a, g) in enumerate(zip(names, acts, grads, strict=True)):
+            if g is None:
+                grads_out[n], hvp_out[n] = torch.zeros_like(a), torch.zeros_like(a)
+                continue
+            hv = None
+            if g.requires_grad:
+                keep = retain_graph or i < len(names) - 1
+                (hv,) = torch.autograd.grad(
+                    g, a, grad_outputs=a.detach(), retain_graph=keep, allow_unused=True
+                )
+            grads_out[n] = g.detach()
+            hvp_out[n] = torch.zeros_like(a) if hv is None else hv.detach()
+    return grads_out, hvp_out
+
+
+# ---- attention probabilities -------------------------------------------------------------------
+
+
+def attention_blocks(model: nn.Module) -> list[str]:
+    """The transformer blocks of ``model``: the parents of its outermost attention modules, in order.
+
+    An attention module is an ``nn.MultiheadAttention`` or a module whose class name contains
+    "attention" (timm's ``Attention``, Hugging Face's ``ViTAttention``); one nested inside another
+    counts once. Its parent is the block (``encoder.layers.encoder_layer_3`` of torchvision's ViT,
+    ``blocks.3`` of timm's, ``vit.encoder.layer.3`` of Hugging Face's).
+
+    Example:
+        >>> block = nn.Module(); block.attn = nn.MultiheadAttention(4, 1)
+        >>> net = nn.Sequential(nn.Linear(4, 4), block)
+        >>> attention_blocks(net)
+        ['1']
+    """
+    attention = [n for n, m in model.named_modules() if n and _is_attention(m)]
+    outer = [a for a in attention if not any(a.startswith(b + ".") for b in attention if b != a)]
+    blocks = [a.rpartition(".")[0] for a in outer]
+    return [b for b in dict.fromkeys(blocks) if b]
+
+
+_SOFTMAXES = {F.softmax, torch.softmax, Tensor.softmax}
+
+
+def _explicit_sdpa(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> tuple[Tensor, Tensor]:
+    r"""``F.scaled_dot_product_attention`` computed step by step: the output and the probabilities.
+
+    .. math:: P = \mathrm{softmax}\big(Q K^\top s + M\big), \qquad O = P V
+    """
+    if dropout_p > 0:
+        raise ValueError(
+            "attention dropout is active (dropout_p > 0, the model is in training mode?): the "
+            "attention probabilities are random; call model.eval() first"
+        )
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        rep = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(rep, -3), value.repeat_interleave(rep, -3)
+    s = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    logits = (query @ key.transpose(-2, -1)) * s
+    n_q, n_k = query.shape[-2], key.shape[-2]
+    if is_causal:
+        causal = torch.ones(n_q, n_k, dtype=torch.bool, device=query.device).tril()
+        logits = logits.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        else:
+            logits = logits + attn_mask
+    probs = logits.softmax(dim=-1)
+    return probs @ value, probs
+
+
+_MHA_PARAMS = inspect.signature(F.multi_head_attention_forward).parameters
+
+
+def _mha_with_probabilities(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Tensor, Tensor | None], Tensor]:
+    """``F.multi_head_attention_forward`` whose output is computed from the returned per-head weights.
+
+    The functional returns its weights as a view that its own output does not use; the output is
+    recomputed here as ``out_proj(P V)`` from exactly that tensor, so that gradients reach it. Returns
+    ``((output, weights as the caller asked for them), P)`` with ``P`` ``(N, H, L, S)``.
+    """
+    bound = inspect.Signature(list(_MHA_PARAMS.values())).bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    if a["bias_k"] is not None or a["add_zero_attn"] or a["static_v"] is not None:
+        raise ValueError(
+            "nn.MultiheadAttention with add_bias_kv, add_zero_attn or static keys/values adds tokens "
+            "that have no place on the image; its attention cannot be read as a map"
+        )
+    if a["training"] and a["dropout_p"] > 0:
+        raise ValueError(
+            "attention dropout is active (the model is in training mode): the attention "
+            "probabilities are random; call model.eval() first"
+        )
+    call = dict(a)
+    call.update(need_weights=True, average_attn_weights=False)
+    _, probs = func(**call)
+    value: Tensor = a["value"]
+    e, heads = int(a["embed_dim_to_check"]), int(a["num_heads"])
+    bias = a["in_proj_bias"]
+    w_v = a["v_proj_weight"] if a["use_separate_proj_weight"] else a["in_proj_weight"][2 * e :]
+    b_v = None if bias is None else bias[2 * e :]
+    unbatched = value.dim() == 2
+    if unbatched:
+        value, probs = value.unsqueeze(1), probs.unsqueeze(0)
+    v = F.linear(value, w_v, b_v)  # (S, N, E)
+    s_len, n = v.shape[:2]
+    v = v.reshape(s_len, n * heads, e // heads).transpose(0, 1)  # (N*H, S, E/H)
+    l_len = probs.shape[-2]
+    o = torch.bmm(probs.reshape(n * heads, l_len, s_len), v)  # (N*H, L, E/H)
+    o = o.transpose(0, 1).reshape(l_len * n, e)
+    out = F.linear(o, a["out_proj_weight"], a["out_proj_bias"]).view(l_len, n, e)
+    if unbatched:
+        out, probs = out.squeeze(1), probs.squeeze(0)
+    if not a["need_weights"]:
+        returned = None
+    else:
+        returned = probs.mean(dim=-3) if a["average_attn_weights"] else probs
+    return (out, returned), probs
+
+
+class _AttentionMode(TorchFunctionMode):
+    """Sees every attention computation of this thread: inside a block of ``capture`` (recorded), or
+    everywhere when there is no capture (computed step by step only)."""
+
+    def __init__(self, capture: AttentionCapture | None) -> None:
+        super().__init__()
+        self.capture = capture
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        cap = self.capture
+        block = cap.current_block() if cap is not None else None
+        if cap is not None and block is None:
+            return func(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            out, probs = _explicit_sdpa(*args, **kwargs)
+            if cap is not None and block is not None:
+                cap.record(block, probs)
+            return out
+        if func is F.multi_head_attention_forward:
+            result, probs = _mha_with_probabilities(func, args, kwargs)
+            if cap is not None and block is not None:
+                cap.record(block, probs)
+            return result
+        out = func(*args, **kwargs)
+        if (
+            cap is not None
+            and block is not None
+            and func in _SOFTMAXES
+            and isinstance(out, Tensor)
+            and out.ndim >= 3
+        ):
+            cap.record(block, out)
+        return out
+
+
+@contextmanager
+def explicit_attention() -> Iterator[None]:
+    """Compute attention step by step in this thread, so that it can be differentiated twice.
+
+    Fused attention kernels (``F.scaled_dot_product_attention``'s flash and memory-efficient CPU
+    and CUDA kernels, and the fast path of ``nn.MultiheadAttention``) have no double backward. Inside
+    this block, in this thread only, ``F.scaled_dot_product_attention`` is computed as
+    ``softmax(Q K^T s + M) V`` and ``nn.MultiheadAttention`` from its explicit weights (as in
+    :class:`AttentionCapture`); the results equal the kernels' up to rounding. The global backend
+    flags are not touched, so other threads are not affected. Used for second derivatives
+    (ShapleyCAM's Hessian-vector product).
+
+    Example:
+        >>> q = torch.rand(1, 2, 3, 4, requires_grad=True)
+        >>> with explicit_attention():
+        ...     out = F.scaled_dot_product_attention(q, q, q)
+        >>> g = torch.autograd.grad(out.sum(), q, create_graph=True)[0]
+        >>> torch.autograd.grad(g.sum(), q)[0].shape   # a second derivative
+        torch.Size([1, 2, 3, 4])
+    """
+    with _AttentionMode(None):
+        yield
+
+
+class AttentionCapture:
+    """Record the attention probabilities computed inside ``blocks`` during the forwards of its block.
+
+    Attention is found where it is computed, not by module type. While one of the blocks runs (in the
+    thread, and the capture scope, that opened this ``with``), a torch function mode sees:
+
+    * ``F.scaled_dot_product_attention`` (timm's fused attention, Hugging Face's ``sdpa``): a fused
+      kernel never materialises its probabilities, so the call is computed step by step,
+      ``P = softmax(Q K^T s + M)``, ``O = P V`` (equal to the kernel up to rounding);
+    * ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``, torchvision's ViT): asked for its
+      per-head weights, with its output recomputed from them;
+    * any softmax over a tensor of three or more axes (explicit attention: timm with
+      ``fused_attn=False``, Hugging Face's ``eager``): its output is recorded as it is.
+
+    In every case the recorded probabilities are the tensor the block's output is computed from, so
+    ``torch.autograd.grad(score, capture.attentions[name])`` is exact. Each block keeps the last
+    probabilities it computed. The model is not modified; other threads, and forwards run
+    :func:`paused`, are not affected. Attention dropout must be off (``model.eval()``).
+
+    Use it together with a :class:`LayerCapture` with ``full_graph=True`` (or with gradients enabled
+    from an input that requires grad), so that the attention is part of an autograd graph; entered
+    inside that capture's ``with``, it joins its scope (:func:`joined_hooks`).
+
+    Args:
+        blocks: ``(name, module)`` pairs, e.g. from :func:`attention_blocks` and
+            :func:`resolve_layers`.
+
+    Attributes:
+        attentions: name -> ``(B, H, N_q, N_k)`` probabilities (``(B * H, N_q, N_k)`` outputs are
+            reshaped with the batch size of the block's input).
+    """
+
+    def __init__(self, blocks: list[tuple[str, nn.Module]]) -> None:
+        self.blocks = blocks
+        self.attentions: dict[str, Tensor] = {}
+        self._stack: list[tuple[str, int]] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._scope: Any = None
+        self._mode: _AttentionMode | None = None
+
+    def current_block(self) -> str | None:
+        """The block running now in this capture's forward, or ``None``."""
+        return self._stack[-1][0] if self._stack else None
+
+    def record(self, block: str, probs: Tensor) -> None:
+        """Keep ``probs`` as ``block``'s attention, as ``(B, H, N_q, N_k)``."""
+        batch = self._stack[-1][1] if self._stack else probs.shape[0]
+        if probs.ndim == 3 and batch and probs.shape[0] % batch == 0:
+            probs = probs.reshape(batch, -1, *probs.shape[1:])
+        self.attentions[block] = probs
+
+    def __enter__(self) -> AttentionCapture:
+        self._scope = joined_hooks()
+        own = self._scope.__enter__()
+        try:
+            for name, module in self.blocks:
+
+                def enter(_m: nn.Module, args: Any, name: str = name) -> None:
+                    t = next((a for a in args if isinstance(a, Tensor)), None)
+                    self._stack.append((name, int(t.shape[0]) if t is not None and t.ndim else 0))
+
+                def leave(_m: nn.Module, _i: Any, _o: Any) -> None:
+                    if self._stack:
+                        self._stack.pop()
+
+                self._handles.append(module.register_forward_pre_hook(own(enter)))
+                self._handles.append(module.register_forward_hook(own(leave)))
+            self._mode = _AttentionMode(self)
+            self._mode.__enter__()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def _close(self) -> None:
+        if self._mode is not None:
+            mode, self._mode = self._mode, None
+            mode.__exit__(None, None, None)
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._stack.clear()
+        if self._scope is not None:
+            scope, self._scope = self._scope, None
+            scope.__exit__(None, None, None)
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def check_called(self) -> None:
+        """Raise if a block computed no attention (its name, and what would work, in the message)."""
+        missing = [n for n, _ in self.blocks if n not in self.attentions]
+        if missing:
+            raise ValueError(
+                f"no attention probabilities were computed inside block(s) {missing}: camlens reads "
+                "them from a softmax, F.scaled_dot_product_attention or nn.MultiheadAttention "
+                "running inside the block; pass the transformer blocks (camlens.capture."
+                "attention_blocks(model) lists them)"
+            )

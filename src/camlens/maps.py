@@ -27,18 +27,28 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "KPCA_KERNELS",
     "ablation_weights",
     "channel_weighted",
     "eigencam_map",
+    "elementwise_terms",
+    "fem_terms",
+    "fullgrad_bias_terms",
+    "fullgrad_saliency",
     "gradcam_weights",
     "gradcampp_weights",
     "hirescam_map",
     "hirescam_terms",
     "input_saliency",
+    "kpca_map",
     "layercam_map",
     "layercam_terms",
+    "legrad_relevance",
     "normalize",
+    "product_fusion",
     "scorecam_weights",
+    "shapleycam_weights",
+    "smooth_gradcampp_weights",
     "upsample",
     "weighted_sum",
     "xgradcam_weights",
@@ -166,13 +176,45 @@ def gradcampp_weights(acts: Tensor, grads: Tensor) -> Tensor:
     """
     _check_pair(acts, grads)
     g2 = grads.pow(2)
+    return smooth_gradcampp_weights(acts, grads, g2, g2 * grads)
+
+
+def smooth_gradcampp_weights(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor) -> Tensor:
+    r"""Smooth Grad-CAM++ channel weights: Grad-CAM++'s closed form on averaged derivatives.
+
+    With ``D^{(p)}`` the mean over ``n`` noisy copies of the input of the ``p``-th power of the
+    gradient (the paper's estimates of the ``p``-th derivatives of ``exp(y^c)``):
+
+    .. math::
+        \alpha^{kc}_{i} = \frac{D^{(2)}_{k,i}}{2 D^{(2)}_{k,i} + \sum_a A^k_a \, D^{(3)}_{k,i}},
+        \qquad w^c_k = \sum_i \alpha^{kc}_i \, \mathrm{ReLU}\big(D^{(1)}_{k,i}\big)
+
+    Omeiza et al. 2019, eq. 9-11 (https://arxiv.org/abs/1908.01224), with ``A`` the activations of
+    the clean input. The numerator is ``D^{(2)}`` (torchcam's correction of the paper, which prints
+    ``D^{(1)}``; with ``D^{(2)}`` one noise-free copy gives Grad-CAM++ exactly), and the ReLU is
+    taken of the averaged gradient ``D^{(1)}`` (SmoothGrad's estimate; torchcam uses the last noisy
+    copy's gradient there). ``alpha`` is 0 where its denominator is 0; no epsilon is added.
+    :func:`gradcampp_weights` is this function with ``D^{(p)} = G^p``.
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations of the clean input.
+        d1, d2, d3: ``(B, K, *spatial)`` means of ``G``, ``G^2`` and ``G^3`` over the noisy copies.
+
+    Example:
+        >>> A = torch.tensor([[[1.0, 1.0]]]); G = torch.tensor([[[1.0, 0.0]]])
+        >>> smooth_gradcampp_weights(A, G, G**2, G**3)   # one copy: Grad-CAM++
+        tensor([[0.2500]])
+    """
+    _check_pair(acts, d1)
+    _check_pair(acts, d2)
+    _check_pair(acts, d3)
     sum_a = _broadcast(acts.sum(dim=_spatial(acts)), acts)
-    denom = 2 * g2 + sum_a * g2 * grads
+    denom = 2 * d2 + sum_a * d3
     defined = denom != 0
     alpha = torch.where(
-        defined, g2 / torch.where(defined, denom, torch.ones_like(denom)), torch.zeros_like(g2)
+        defined, d2 / torch.where(defined, denom, torch.ones_like(denom)), torch.zeros_like(d2)
     )
-    return (alpha * grads.clamp(min=0)).sum(dim=_spatial(grads))
+    return (alpha * d1.clamp(min=0)).sum(dim=_spatial(d1))
 
 
 def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
@@ -213,6 +255,271 @@ def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
         tensor([[3., 0.]])
     """
     return layercam_terms(acts, grads).sum(dim=1)
+
+
+def elementwise_terms(acts: Tensor, grads: Tensor) -> Tensor:
+    r"""Grad-CAM element-wise terms: the ReLU of each gradient-activation product, ``(B, K, *spatial)``.
+
+    .. math:: M_i = \sum_k \mathrm{ReLU}\!\left(\frac{\partial y^c}{\partial A^k_i} A^k_i\right)
+
+    pytorch-grad-cam's ``GradCAMElementWise`` (no paper;
+    https://github.com/jacobgil/pytorch-grad-cam): like HiResCAM
+    (https://arxiv.org/abs/2011.08891), but a channel's negative products cannot cancel another's
+    positive ones.
+
+    Example:
+        >>> elementwise_terms(torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[3.0, -1.0]]]))
+        tensor([[[3., 0.]]])
+    """
+    _check_pair(acts, grads)
+    return (grads * acts).clamp(min=0)
+
+
+def shapleycam_weights(grads: Tensor, hvp: Tensor) -> Tensor:
+    r"""ShapleyCAM channel weights: the gradient corrected by half the Hessian-vector product, averaged.
+
+    .. math:: w^c_k = \frac{1}{Z} \sum_i \Big(\frac{\partial y^c}{\partial A^k_i}
+              - \tfrac{1}{2} \big(\nabla^2_A y^c \, A\big)^k_i\Big)
+
+    Cai 2025 (https://arxiv.org/abs/2501.06261): ``A \odot (G - \tfrac12 H A)`` is the second-order
+    Taylor estimate of each activation's Shapley value; averaging it over space as Grad-CAM does gives
+    these weights (pytorch-grad-cam's ``ShapleyCAM``). For a target whose Hessian at the layer
+    vanishes (the logits of a ReLU network) they are Grad-CAM's weights.
+
+    Args:
+        grads: ``(B, K, *spatial)`` gradients ``G``.
+        hvp: ``(B, K, *spatial)`` Hessian-vector products ``H A``
+            (:func:`camlens.capture.layer_gradients_and_hvp`).
+
+    Example:
+        >>> shapleycam_weights(torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[2.0, 0.0]]]))
+        tensor([[1.5000]])
+    """
+    _check_pair(grads, hvp)
+    return gradcam_weights(grads - 0.5 * hvp)
+
+
+def fem_terms(acts: Tensor, k: float = 2.0) -> Tensor:
+    r"""FEM terms: each channel's k-sigma mask weighted by the channel's mean, ``(B, K, *spatial)``.
+
+    .. math:: M = \sum_k \mu_k \, \mathbb{1}\big[A^k > \mu_k + k \sigma_k\big]
+
+    with ``\mu_k`` and ``\sigma_k`` the mean and (population) standard deviation of channel ``k``
+    over positions. Fuad et al. 2020, the Feature Explanation Method
+    (https://hal.science/hal-02963298): the binary map of each channel's unusually strong responses,
+    weighted by the channel's importance, its mean activation; no gradient, no target.
+    pytorch-grad-cam's ``FEM`` instead weights the activations ``A^k`` by the fraction of positions
+    in the mask.
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations.
+        k: how many standard deviations above the mean a response must be.
+
+    Example:
+        >>> A = torch.tensor([[[0.0, 0.0, 0.0, 4.0]]])  # mean 1, std 1.73: only 4 exceeds mean + 1 std
+        >>> fem_terms(A, k=1.0)
+        tensor([[[0., 0., 0., 1.]]])
+    """
+    if acts.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) activations, got {tuple(acts.shape)}")
+    dims = _spatial(acts)
+    mean = acts.mean(dim=dims, keepdim=True)
+    std = acts.std(dim=dims, keepdim=True, correction=0)
+    return (acts > mean + k * std).to(acts.dtype) * mean
+
+
+#: The kernels of :func:`kpca_map`.
+KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
+
+
+def kpca_map(
+    acts: Tensor,
+    kernel: str = "sigmoid",
+    gamma: float | None = None,
+    *,
+    coef0: float = 1.0,
+    degree: int = 3,
+) -> Tensor:
+    r"""KPCA-CAM map: each position projected on the first kernel principal component of the activations.
+
+    Each sample's activations form a ``(Z, K)`` matrix (positions by channels), centred over positions
+    as for Eigen-CAM. With a kernel ``k(a, b)`` on positions, the centred kernel matrix
+    ``\tilde{\mathcal{K}} = (I - \tfrac1Z \mathbf{1})\,\mathcal{K}\,(I - \tfrac1Z \mathbf{1})``
+    has a top eigenpair ``(\lambda_1, v_1)``, and the map is the projection of every position on it:
+
+    .. math:: M = \sqrt{\lambda_1} \, v_1
+
+    Karmani et al. 2024 (https://arxiv.org/abs/2410.00267), as pytorch-grad-cam computes it with
+    scikit-learn's ``KernelPCA(n_components=1)``: kernels ``sigmoid`` ``tanh(gamma a.b + coef0)``
+    (the default), ``rbf`` ``exp(-gamma |a - b|^2)``, ``poly`` ``(gamma a.b + coef0)^degree``,
+    ``linear`` ``a.b`` and ``cosine``; ``gamma=None`` is ``1 / K``; ``coef0 = 1``, ``degree = 3``.
+    Solved in torch (float64, one batched ``eigh``). An eigenvector's sign is arbitrary: it is
+    chosen, as in :func:`eigencam_map`, so that the map correlates positively with the
+    channel-summed activations. A zero top eigenvalue gives a zero map.
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations.
+        kernel: one of ``"sigmoid"``, ``"rbf"``, ``"poly"``, ``"linear"``, ``"cosine"``.
+        gamma: the kernel coefficient; ``None`` for ``1 / K``.
+
+    Returns:
+        ``(B, *spatial)`` map, before ReLU.
+
+    Example:
+        >>> A = torch.zeros(1, 2, 4); A[0, :, 2] = 1.0   # both channels fire at position 2
+        >>> kpca_map(A, "rbf").argmax().item()
+        2
+    """
+    if acts.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) activations, got {tuple(acts.shape)}")
+    if kernel not in KPCA_KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KPCA_KERNELS)}, not {kernel!r}")
+    b, k = acts.shape[:2]
+    spatial = acts.shape[2:]
+    mat = acts.reshape(b, k, -1).transpose(1, 2).double()  # (B, Z, K)
+    x = mat - mat.mean(dim=1, keepdim=True)
+    g = 1.0 / k if gamma is None else float(gamma)
+    if kernel == "rbf":
+        sq = (x * x).sum(-1)
+        dist = (sq[:, :, None] + sq[:, None, :] - 2 * x @ x.transpose(1, 2)).clamp(min=0)
+        kmat = torch.exp(-g * dist)
+    elif kernel == "cosine":
+        unit = x / x.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+        kmat = unit @ unit.transpose(1, 2)
+    else:
+        dot = x @ x.transpose(1, 2)
+        kmat = {
+            "sigmoid": lambda: torch.tanh(g * dot + coef0),
+            "poly": lambda: (g * dot + coef0) ** degree,
+            "linear": lambda: dot,
+        }[kernel]()
+    centred = (
+        kmat
+        - kmat.mean(dim=1, keepdim=True)
+        - kmat.mean(dim=2, keepdim=True)
+        + kmat.mean(dim=(1, 2), keepdim=True)
+    )
+    evals, evecs = torch.linalg.eigh(centred)  # ascending
+    proj = evecs[:, :, -1] * evals[:, -1:].clamp(min=0).sqrt()  # (B, Z)
+    energy = mat.sum(dim=2)
+    energy = energy - energy.mean(dim=1, keepdim=True)
+    sign = torch.where((proj * energy).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj)
+    return (proj * sign).to(acts.dtype).reshape(b, *spatial)
+
+
+def fullgrad_bias_terms(grads: Tensor, bias: Tensor, channel_dim: int = 1) -> Tensor:
+    r"""FullGrad's bias-gradient terms of one layer: the gradient at its output times its bias.
+
+    .. math:: R^{(l)}_{k,i} = b^{(l)}_k \, \frac{\partial y^c}{\partial z^{(l)}_{k,i}}
+
+    where ``z^{(l)}`` is the output of a layer with bias ``b^{(l)}`` (for a batch norm in eval mode,
+    its effective bias ``\beta - \gamma \mu / \sqrt{\sigma^2 + \epsilon}``). Srinivas & Fleuret
+    2019, eq. 2 (https://arxiv.org/abs/1905.00780). Summed over every position and channel of every
+    layer, together with the input term ``x \odot \nabla_x y^c``, these give ``y^c`` exactly for a
+    piecewise-linear network (completeness, their Proposition 1).
+
+    Args:
+        grads: ``(B, ..., K, ...)`` gradients of the score at the layer's output.
+        bias: ``(K,)`` bias.
+        channel_dim: the axis of ``grads`` that ``bias`` runs along (1 for convolutions and batch
+            norms, -1 for linear layers).
+
+    Example:
+        >>> fullgrad_bias_terms(torch.ones(1, 2, 3), torch.tensor([2.0, -1.0]))[0, :, 0]
+        tensor([ 2., -1.])
+    """
+    dim = channel_dim % grads.ndim
+    if bias.ndim != 1 or bias.shape[0] != grads.shape[dim]:
+        raise ValueError(
+            f"bias {tuple(bias.shape)} does not fit axis {channel_dim} of gradients {tuple(grads.shape)}"
+        )
+    shape = [1] * grads.ndim
+    shape[dim] = bias.shape[0]
+    return grads * bias.reshape(shape).to(grads)
+
+
+def fullgrad_saliency(terms: Tensor) -> Tensor:
+    r"""FullGrad's post-processing of one term: ``\psi``, then the sum over channels, ``(B, *spatial)``.
+
+    .. math:: \psi(R) = \frac{|R| - \min |R|}{\max |R| - \min |R|}, \qquad
+              S = \sum_k \psi(R)_k
+
+    where min and max run over all channels and positions of the sample, as in the paper's code
+    (Srinivas & Fleuret 2019, https://arxiv.org/abs/1905.00780, ``FullGrad._postProcess``);
+    pytorch-grad-cam scales each channel on its own instead. A constant term gives zeros. The
+    FullGrad map is the sum of this over the input term and every bias layer, each upsampled to the
+    input (:func:`upsample`, which commutes with the sum over channels).
+
+    Args:
+        terms: ``(B, K, *spatial)``: ``x * grad_x`` or :func:`fullgrad_bias_terms` of a layer.
+
+    Example:
+        >>> fullgrad_saliency(torch.tensor([[[1.0, -3.0], [0.0, 2.0]]]))   # |R| scaled to [0, 1] by 3
+        tensor([[0.3333, 1.6667]])
+    """
+    if terms.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) terms, got {tuple(terms.shape)}")
+    mag = terms.abs()
+    flat = mag.reshape(mag.shape[0], -1)
+    lo = flat.min(dim=1).values.reshape(-1, *([1] * (mag.ndim - 1)))
+    span = flat.max(dim=1).values.reshape(-1, *([1] * (mag.ndim - 1))) - lo
+    scaled = torch.where(
+        span > 0, (mag - lo) / span.clamp(min=torch.finfo(mag.dtype).tiny), torch.zeros_like(mag)
+    )
+    return scaled.sum(dim=1)
+
+
+def legrad_relevance(attn_grads: Tensor) -> Tensor:
+    r"""LeGrad's relevance of each key token from the gradient of a layer's score at its attention.
+
+    .. math:: E^l = \frac{1}{H N_q} \sum_{h, q} \mathrm{ReLU}\!\left(
+              \frac{\partial s^l}{\partial P^l_{h, q, \cdot}}\right)
+
+    where ``P^l`` are the attention probabilities of block ``l`` and ``s^l`` the target's score
+    computed from that block's tokens. Bousselham et al. 2024, eq. 4-5
+    (https://arxiv.org/abs/2404.03214); the map averages ``E^l`` over the blocks, drops the prefix
+    (class, register) keys and lays the patch keys out on their grid.
+
+    Args:
+        attn_grads: ``(B, H, N_q, N_k)`` gradients of ``s^l`` at ``P^l``.
+
+    Returns:
+        ``(B, N_k)``, non-negative.
+
+    Example:
+        >>> g = torch.tensor([[[[1.0, -2.0], [3.0, 0.0]]]])   # one head, two queries, two keys
+        >>> legrad_relevance(g)
+        tensor([[2., 0.]])
+    """
+    if attn_grads.ndim != 4:
+        raise ValueError(f"expected (B, H, N_q, N_k) gradients, got {tuple(attn_grads.shape)}")
+    return attn_grads.clamp(min=0).mean(dim=(1, 2))
+
+
+def product_fusion(layer_maps: Tensor) -> Tensor:
+    r"""RefineCAM's fusion: the element-wise product of the layers' maps, each scaled to ``[0, 1]``.
+
+    .. math:: M = \prod_l \hat{M}^{(l)}
+
+    where ``\hat{M}^{(l)}`` is layer ``l``'s map, upsampled to a common size and min-max scaled
+    (:func:`normalize`). A position survives only where every layer agrees, so the fine, noisy maps
+    of early layers are cleaned by the coarse, reliable ones of late layers (RefineCAM, "How to
+    Evaluate and Refine your CAM", https://arxiv.org/abs/2605.14641, as pytorch-grad-cam's and
+    torchcam's ``RefineCAM``).
+
+    Args:
+        layer_maps: ``(L, B, *spatial)`` scaled maps.
+
+    Returns:
+        ``(B, *spatial)``, before the final rescaling.
+
+    Example:
+        >>> product_fusion(torch.tensor([[[1.0, 0.5]], [[0.5, 0.0]]]))
+        tensor([[0.5000, 0.0000]])
+    """
+    if layer_maps.ndim < 2:
+        raise ValueError(f"expected (L, B, *spatial) maps, got {tuple(layer_maps.shape)}")
+    return layer_maps.prod(dim=0)
 
 
 def eigencam_map(acts: Tensor) -> Tensor:

@@ -18,35 +18,51 @@ MODULE_ORDER = ("gradient", "activation", "perturbation", "guided")
 for _name in (*MODULE_ORDER, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
     importlib.import_module(f"{__name__}.{_name}")
 
-from camlens.methods.activation import CAM, EigenCAM  # noqa: E402
+from camlens.methods.activation import CAM, FEM, KPCACAM, EigenCAM  # noqa: E402
 from camlens.methods.base import BaseCAM, MapContext, ModelError  # noqa: E402
+from camlens.methods.fullgrad import FullGrad  # noqa: E402
 from camlens.methods.gradient import (  # noqa: E402
+    EigenGradCAM,
     GradCAM,
+    GradCAMElementWise,
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    RefineCAM,
+    ShapleyCAM,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
 )
 from camlens.methods.guided import GuidedBackprop, GuidedGradCAM  # noqa: E402
 from camlens.methods.perturbation import AblationCAM, ScoreCAM  # noqa: E402
 from camlens.methods.registry import METHODS, get_method, register  # noqa: E402
+from camlens.methods.transformer import LeGrad  # noqa: E402
 
 __all__ = [
     "CAM",
+    "FEM",
+    "KPCACAM",
     "METHODS",
     "MODULE_ORDER",
     "AblationCAM",
     "BaseCAM",
     "EigenCAM",
+    "EigenGradCAM",
+    "FullGrad",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
     "LayerCAM",
+    "LeGrad",
     "MapContext",
     "ModelError",
+    "RefineCAM",
     "ScoreCAM",
+    "ShapleyCAM",
+    "SmoothGradCAMPlusPlus",
     "XGradCAM",
     "get_method",
     "register",

@@ -11,7 +11,16 @@ Everything else happens here, once: the counterfactual (gradient methods differe
 gradient-free methods negate their terms), the sum over channels or, with ``eigen_smooth``, their
 first principal component, the ReLU, upsampling, normalisation, fusion of several layers and
 test-time augmentation. Class attributes say what a method needs: ``needs_grad``, ``uses_target``,
-``takes_layer`` and ``input_space``.
+``takes_layer``, ``input_space``, ``needs_hvp`` (second derivatives at the layer), ``spatial_dims``
+(the numbers of spatial axes it is defined for) and ``model_kind`` (``"any"``, or ``"transformer"``
+for methods that read attention).
+
+**Beyond the layer's own gradient.** A method that needs more than ``G`` at its layer gets it from
+the :class:`MapContext`: ``ctx.hvp`` (the Hessian-vector product ``H A`` at the layer, when
+``needs_hvp``), ``ctx.gradients`` and ``ctx.observed`` (every activation its ``_observe`` recorded,
+and the target's gradient at each: FullGrad's bias layers and input), and
+``ctx.gradients_at(x')`` (activations and gradients of the same target at the layer for another
+input: Smooth Grad-CAM++'s noisy copies).
 
 **One call, one state.** Everything that belongs to a call (the capture, the activations, a verified
 torch.fx split, ...) lives in that call's locals and its :class:`MapContext`; a method object holds
@@ -23,6 +32,7 @@ the automatic layer is chosen for each input shape and module tree
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,11 +46,13 @@ from camlens.capture import (
     LayerCapture,
     LayerSpec,
     default_layer,
+    explicit_attention,
     layer_gradients,
+    layer_gradients_and_hvp,
     paused,
     resolve_layers,
 )
-from camlens.maps import eigencam_map, input_saliency, normalize, upsample
+from camlens.maps import eigencam_map, input_saliency, normalize, product_fusion, upsample
 from camlens.reshape import ReshapeFn, to_spatial
 from camlens.result import CAMResult
 from camlens.targets import (
@@ -113,6 +125,17 @@ class MapContext:
         scratch: a dict that lives for this call only, shared by its targets and layers, where a method
             may keep what it computed once (Ablation-CAM's verified head). Never state on ``self``.
         details: what the result should report about how it was computed (``CAMResult.details``).
+        counterfactual: the call explains ``-y^c`` (gradients are already those of the negated score).
+        gradients: every gradient of this target's (signed) score that the call computed, by name, in
+            each module's own layout: the layers' and those of anything else ``_observe`` recorded
+            (FullGrad's bias layers, the input).
+        observed: every activation ``_observe`` recorded, by name, in its own layout, detached.
+        hvp: with ``needs_hvp``, the Hessian-vector product ``H A`` of the score at this layer,
+            ``(B, K, *s)`` like ``acts`` (see :func:`camlens.capture.layer_gradients_and_hvp`).
+        gradients_at: ``x' -> (acts, grads)``, both ``(B, K, *s)``: one more forward of the model on
+            ``x'`` (same batch size) with the fast path at this layer, and the gradients of this
+            call's target (the same classes, or the same callable; negated for a counterfactual).
+            Capture of the call is not involved; a failure of the model is a ``ModelError``.
     """
 
     x: Tensor
@@ -125,6 +148,11 @@ class MapContext:
     selector: OutputSelector
     scratch: dict[str, Any]
     details: dict[str, Any]
+    counterfactual: bool = False
+    gradients: Mapping[str, Tensor] = field(default_factory=dict)
+    observed: Mapping[str, Tensor] = field(default_factory=dict)
+    hvp: Tensor | None = None
+    gradients_at: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
 
     def run(self, model: nn.Module, x: Tensor) -> Any:
         """An internal forward: no capture records it, under inference mode, failures as ModelError."""
@@ -161,8 +189,9 @@ class BaseCAM:
             no layer.
         output: which part of the model's output holds the scores, when it is not a plain tensor (a key,
             an index or a callable); ``None`` finds logits in tensors, dicts, tuples and HF outputs.
-        fuse: how maps of several layers are combined: ``"mean"`` or ``"max"`` of the normalised maps,
-            rescaled to ``[0, 1]``.
+        fuse: how maps of several layers are combined: ``"mean"``, ``"max"`` or ``"product"`` (RefineCAM's
+            refinement, :func:`camlens.maps.product_fusion`) of the normalised maps, rescaled to
+            ``[0, 1]``.
         reshape: a callable ``(activation, input) -> (B, K, *spatial)`` for layers whose output layout
             camlens cannot infer (see :mod:`camlens.reshape`).
 
@@ -182,6 +211,12 @@ class BaseCAM:
     input_space: ClassVar[bool] = False
     #: the map is the first principal component of the terms, not their sum (Eigen-CAM)
     principal_component: ClassVar[bool] = False
+    #: the Hessian-vector product ``H A`` at the layer is computed too (``ctx.hvp``; ShapleyCAM)
+    needs_hvp: ClassVar[bool] = False
+    #: the numbers of spatial axes of the inputs the method is defined for; others are refused
+    spatial_dims: ClassVar[tuple[int, ...]] = (1, 2, 3)
+    #: the models it explains: ``"any"``, or ``"transformer"`` (needs attention blocks: LeGrad)
+    model_kind: ClassVar[str] = "any"
 
     _init_options: dict[str, Any]
 
@@ -202,8 +237,8 @@ class BaseCAM:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        if fuse not in ("mean", "max"):
-            raise ValueError(f"fuse must be 'mean' or 'max', not {fuse!r}")
+        if fuse not in ("mean", "max", "product"):
+            raise ValueError(f"fuse must be 'mean', 'max' or 'product', not {fuse!r}")
         if reshape is not None and not callable(reshape):
             raise TypeError(
                 f"reshape must be a callable (activation, input) -> (B, K, *spatial), not {reshape!r}"
@@ -239,9 +274,14 @@ class BaseCAM:
 
     def _observe(self, x: Tensor, layers: list[tuple[str, nn.Module]]) -> Observation:
         """One forward of ``x`` under a capture of ``layers`` (the fast path when gradients are needed)."""
-        with LayerCapture(
-            layers, grad=self.needs_grad, record_inputs=self._record_inputs(layers)
-        ) as cap:
+        # second derivatives: attention computed step by step (fused kernels have no double backward)
+        explicit = explicit_attention() if self.needs_hvp else contextlib.nullcontext()
+        with (
+            explicit,
+            LayerCapture(
+                layers, grad=self.needs_grad, record_inputs=self._record_inputs(layers)
+            ) as cap,
+        ):
             out = run_model(self.model, x)
             cap.check_called()
         return Observation(out, {n: cap.activations[n] for n, _ in layers}, dict(cap.inputs))
@@ -391,6 +431,12 @@ class BaseCAM:
                 f"x must be (B, C, L), (B, C, H, W) or (B, C, D, H, W); got shape {tuple(x.shape)} "
                 "(add a batch axis with x.unsqueeze(0) for a single sample)"
             )
+        if x.ndim - 2 not in self.spatial_dims:
+            dims = " or ".join(f"{d}-D" for d in self.spatial_dims)
+            raise ValueError(
+                f"{type(self).__name__} is defined for {dims} inputs only; got an input of shape "
+                f"{tuple(x.shape)} with {x.ndim - 2} spatial axes"
+            )
         if x.shape[0] == 0:
             raise ValueError("x is an empty batch")
         if x.is_floating_point() or x.is_complex():
@@ -440,7 +486,7 @@ class BaseCAM:
 
     def _to_spatial(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         """A layer's output (or its gradient) as ``(B, K, *spatial)``; see :func:`camlens.reshape.to_spatial`."""
-        if self.input_space and not self.takes_layer:
+        if not self.takes_layer:
             return t
         return to_spatial(t, x, name=name, model=self.model, reshape=self.reshape)
 
@@ -464,12 +510,21 @@ class BaseCAM:
         acts = {n: self._to_spatial(n, obs.activations[n], x).detach().float() for n in names}
         scratch: dict[str, Any] = {}
         results = []
+        observed = {n: a.detach() for n, a in obs.activations.items()}
+        modules = dict(layers)
         for i, spec in enumerate(specs):
             resolved = self._resolve_target(spec, logits, batch=x.shape[0])
             grads: dict[str, Tensor] = {}
+            g: dict[str, Tensor] = {}
+            hvps: dict[str, Tensor] = {}
             if self.needs_grad:
                 score = -resolved.scores if counterfactual else resolved.scores
-                g = layer_gradients(score, obs.activations, retain_graph=i < len(specs) - 1)
+                retain = i < len(specs) - 1
+                if self.needs_hvp:
+                    g, hv = layer_gradients_and_hvp(score, obs.activations, retain_graph=retain)
+                    hvps = {n: self._to_spatial(n, hv[n], x).float() for n in names}
+                else:
+                    g = layer_gradients(score, obs.activations, retain_graph=retain)
                 grads = {n: self._to_spatial(n, g[n], x).float() for n in names}
             raws: dict[str, Tensor] = {}
             attributions: dict[str, Tensor] = {}
@@ -487,6 +542,13 @@ class BaseCAM:
                         selector=self.output,
                         scratch=scratch,
                         details=details,
+                        counterfactual=counterfactual,
+                        gradients=g,
+                        observed=observed,
+                        hvp=hvps.get(n),
+                        gradients_at=self._gradients_at(
+                            n, modules[n], spec, resolved, counterfactual, x
+                        ),
                     )
                     terms = self.terms(acts[n], grads.get(n), ctx)
                     if counterfactual and not self.needs_grad:
@@ -504,6 +566,39 @@ class BaseCAM:
             res.logits = logits.detach() if isinstance(logits, Tensor) else None
             results.append(res)
         return results
+
+    def _gradients_at(
+        self,
+        name: str,
+        module: nn.Module,
+        spec: TargetSpec,
+        resolved: Resolved,
+        counterfactual: bool,
+        x: Tensor,
+    ) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
+        """``MapContext.gradients_at`` for layer ``name``: the target of this call on another input."""
+        if not self.takes_layer or not self.needs_grad:
+            return None
+        classes = resolved.classes
+        target: Any = ClassTarget(classes) if classes is not None else spec
+        if not callable(target):
+            return None
+
+        def at(x2: Tensor) -> tuple[Tensor, Tensor]:
+            if x2.shape != x.shape:
+                raise ValueError(f"gradients_at needs an input of shape {tuple(x.shape)}")
+            with LayerCapture([(name, module)], grad=True) as cap:
+                out = run_model(self.model, x2)
+            selected = select_output(out, self.output, passthrough=accepts_any_output([target]))
+            score = resolve(target, selected).scores
+            g = layer_gradients(-score if counterfactual else score, cap.activations)
+            act = cap.activations[name].detach()
+            return (
+                self._to_spatial(name, act, x2).float(),
+                self._to_spatial(name, g[name], x2).float(),
+            )
+
+        return at
 
     def _resolve_target(self, spec: TargetSpec, logits: Any, batch: int | None = None) -> Resolved:
         if (
@@ -540,7 +635,11 @@ class BaseCAM:
             maps = next(iter(per_layer.values()))
         else:
             stack = torch.stack(list(per_layer.values()))
-            maps = normalize(stack.mean(0) if self.fuse == "mean" else stack.amax(0))
+            if self.fuse == "product":
+                fused = product_fusion(stack)
+            else:
+                fused = stack.mean(0) if self.fuse == "mean" else stack.amax(0)
+            maps = normalize(fused)
         self._warn_empty(raws, grads)
         names = list(raws)
         return CAMResult(
