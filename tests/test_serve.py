@@ -229,6 +229,8 @@ def test_each_bad_input_gets_its_status_and_the_server_stays_healthy(
             (post(c, good, target="7"), 422, "out of range"),
             (post(c, good, model="timm:vit_base_patch16_224"), 422, "unknown model"),
             (post(c, good, methods="eigencam", counterfactual="true"), 422, "counterfactual"),
+            (post(c, good, methods="legrad"), 422, "transformer"),
+            (post(c, good, methods="cam", layer="features.2"), 422, "GradCAM"),
             (c.post("/api/explain", data={"methods": "gradcam"}), 400, "multipart"),
             (c.post("/api/explain", files={"other": ("x.png", good)}), 400, "field 'file'"),
         ]
@@ -287,12 +289,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live(demo: LoadedModel) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port, in a thread of this process."""
+def live(demo: LoadedModel, audited: Path) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, in a thread of this process, with an audit."""
     import uvicorn
 
+    from camlens.serve.audit import AuditBrowser
+
     port = free_port()
-    app = create_app(Engine({"demo": demo}), workers=2, queue=64)
+    browser = AuditBrowser(audited, demo.preprocess)
+    app = create_app(Engine({"demo": demo}), workers=2, queue=64, audit=browser)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -458,8 +463,64 @@ def test_the_page_in_a_browser(live: str, tmp_path: Path, demo: LoadedModel) -> 
             )
         )
         assert "0" in cards()[0].find_element(By.CLASS_NAME, "colorbar").text
+        # the audit's findings, with the mean map and the examples
+        finding = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#findings .finding"))[0]
+        assert finding.find_element(By.TAG_NAME, "h3").text.startswith("star: fixed position")
+        wait.until(
+            lambda d: all(
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+                for i in finding.find_elements(By.TAG_NAME, "img")
+            )
+        )
+        assert len(finding.find_elements(By.TAG_NAME, "img")) >= 4
         driver.save_screenshot(str(tmp_path / "page.png"))
         if os.environ.get("CAMLENS_SCREENSHOT"):
             shutil.copy(tmp_path / "page.png", os.environ["CAMLENS_SCREENSHOT"])
     finally:
         driver.quit()
+
+
+# ---- browsing an audit --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An audit of the planted shortcut (stars carry a corner mark) with its findings."""
+    pytest.importorskip("pyarrow")
+    from camlens.audit import ExplainConfig, audit, planted
+
+    root = tmp_path_factory.mktemp("audit")
+    data = planted.make_planted(root / "data", n=60, seed=1)
+    config = ExplainConfig(model="camlens.audit.planted:shortcut_model", device="cpu")
+    audit(data.images, root / "out", config, report=False)
+    return root / "out"
+
+
+def test_an_audit_is_browsed_by_finding_and_example_number(
+    audited: Path, demo: LoadedModel
+) -> None:
+    from camlens.serve.audit import AuditBrowser
+
+    assert AuditBrowser.model_spec(audited) == "camlens.audit.planted:shortcut_model"
+    browser = AuditBrowser(audited, demo.preprocess)  # the planted models see as the demo does
+    with TestClient(create_app(Engine({"demo": demo}), audit=browser)) as c:
+        info = c.get("/api/audit/summary").json()
+        assert info["images"] == 60 and info["classes"] == ["star"]
+        assert info["kinds"] == ["fixed_position"]
+        found = c.get("/api/audit/findings", params={"class": "star"}).json()["findings"]
+        assert [(f["class"], f["kind"]) for f in found] == [("star", "fixed_position")]
+        assert "fixed place" in found[0]["why"] and len(found[0]["example_urls"]) >= 3
+        r = c.get(found[0]["example_urls"][0])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        example = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(float)
+        # the stored map peaks at the mark in the top-left corner: the overlay is hottest there
+        red = example[..., 0] - example[..., 2]
+        peak = np.unravel_index(red.argmax(), red.shape)
+        assert peak[0] < example.shape[0] / 3 and peak[1] < example.shape[1] / 3
+        assert c.get(found[0]["mean_map_url"]).status_code == 200
+        assert c.get("/api/audit/example/0/99").status_code == 404
+        assert c.get("/api/audit/example/7/0").status_code == 404
+        r = c.get("/api/audit/findings", params={"class": "../../etc"})
+        assert r.status_code == 422 and r.json()["valid"] == ["star"]
+    with pytest.raises(ValueError, match=r"summary\.json"):
+        AuditBrowser(audited.parent / "nowhere")

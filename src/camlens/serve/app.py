@@ -142,6 +142,12 @@ def create_app(
     async def _large(_r: Request, e: TooLarge) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=413, headers={"Connection": "close"})
 
+    @app.exception_handler(ValueError)
+    async def _unfit(_r: Request, e: ValueError) -> JSONResponse:
+        # a method refusing what it was given (LeGrad on a CNN, CAM on a head that is not
+        # GAP + linear): the choice does not fit this model
+        return JSONResponse({"detail": str(e)}, status_code=422)
+
     @app.exception_handler(ModelError)
     async def _model(_r: Request, e: ModelError) -> JSONResponse:
         return JSONResponse({"detail": f"the model failed on this image: {e}"}, status_code=500)

@@ -145,6 +145,7 @@ class Engine:
                 "description": _describe(cls),
                 "uses_target": bool(cls.uses_target),
                 "takes_layer": bool(cls.takes_layer),
+                "model_kind": str(getattr(cls, "model_kind", "any")),
             }
             for name, cls in METHODS.items()
         ]

@@ -116,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     if args.audit:
         from camlens.serve.audit import AuditBrowser
 
-        audit = AuditBrowser(args.audit)
+        # the audit's model, if served too, shows the examples as the model saw them
+        spec = AuditBrowser.model_spec(args.audit)
+        audit = AuditBrowser(args.audit, models[spec].preprocess if spec in models else None)
     # Pillow's own bomb limit must not refuse what --max-pixels allows (the server checks first)
     if Image.MAX_IMAGE_PIXELS is not None and args.max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = args.max_pixels

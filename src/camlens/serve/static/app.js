@@ -288,6 +288,13 @@ function showAudit(summary) {
       why.textContent = f.why || JSON.stringify(f.evidence);
       const ex = document.createElement("div");
       ex.className = "examples";
+      if (f.mean_map_url) {
+        const mean = document.createElement("img");
+        mean.src = f.mean_map_url;
+        mean.alt = `mean map of the ${f.class} images flagged`;
+        mean.title = "the mean map of the images flagged";
+        ex.append(mean);
+      }
       for (const url of f.example_urls || []) {
         const img = document.createElement("img");
         img.src = url;
