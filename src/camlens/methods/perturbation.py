@@ -7,19 +7,15 @@ in one of them raises the same :class:`~camlens.methods.base.ModelError` as in t
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.fx
 from torch import Tensor, nn
 
 from camlens import maps
-from camlens._structure import structure_key
-from camlens.capture import LayerSpec, paused, substitute_output
-from camlens.methods.base import BaseCAM, MapContext, model_error, run_model
+from camlens.capture import LayerSpec
+from camlens.methods._head import check_split, head_runner
+from camlens.methods.base import BaseCAM, MapContext
 from camlens.methods.registry import register
 
 __all__ = ["AblationCAM", "ScoreCAM"]
@@ -128,79 +124,6 @@ class ScoreCAM(BaseCAM):
         return torch.where(keep, weights, torch.zeros_like(weights))  # top_k: the rest weigh 0
 
 
-class _HeadSplit:
-    """The model cut at a layer with torch.fx: ``prefix(x)`` computes everything the rest needs,
-    ``head(*values)`` the rest. Only the head runs again on ablated activations."""
-
-    def __init__(self, model: nn.Module, layer: str) -> None:
-        class _Tracer(torch.fx.Tracer):
-            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-                return qualname == layer or super().is_leaf_module(m, qualname)
-
-        tracer = _Tracer()
-        graph = tracer.trace(model)
-        nodes = list(graph.nodes)
-        hits = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == layer]
-        if len(hits) != 1:
-            raise ValueError(f"layer {layer!r} is called {len(hits)} times in the traced graph")
-        cut = hits[0]
-        pre = set(nodes[: cut + 1])
-        needed: list[torch.fx.Node] = [nodes[cut]]
-        for n in nodes[cut + 1 :]:
-            for inp in n.all_input_nodes:
-                if inp in pre and inp not in needed and inp.op != "get_attr":
-                    needed.append(inp)
-        # prefix: the original graph up to the cut, returning the needed values
-        prefix = torch.fx.Graph()
-        env: dict[torch.fx.Node, torch.fx.Node] = {}
-        for n in nodes[: cut + 1]:
-            env[n] = prefix.node_copy(n, lambda a: env[a])
-        prefix.output(tuple(env[n] for n in needed))
-        # head: placeholders for the needed values, then the rest of the graph
-        head = torch.fx.Graph()
-        env2: dict[torch.fx.Node, torch.fx.Node] = {}
-        for j, n in enumerate(needed):
-            env2[n] = head.placeholder(f"cut_{j}")
-        for n in nodes[cut + 1 :]:
-            for inp in n.all_input_nodes:
-                if inp not in env2 and inp.op == "get_attr":
-                    env2[inp] = head.node_copy(inp, lambda a: env2[a])
-            env2[n] = head.node_copy(n, lambda a: env2[a])
-        self.prefix = torch.fx.GraphModule(tracer.root, prefix)
-        self.head = torch.fx.GraphModule(tracer.root, head)
-
-
-# Traced splits, per model, under (layer, module tree). A split is only a candidate: every call checks
-# it against the live model (AblationCAM._head) before using it.
-_SPLITS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _HeadSplit | Exception]] = (
-    weakref.WeakKeyDictionary()
-)
-_SPLITS_LOCK = threading.Lock()
-
-
-def _traced_split(model: nn.Module, layer: str, *, fresh: bool = False) -> _HeadSplit:
-    """A torch.fx split of ``model`` at ``layer``, from the cache unless ``fresh``; raises if fx fails."""
-    key = (layer, structure_key(model))
-    with _SPLITS_LOCK:
-        known = None if fresh else _SPLITS.get(model, {}).get(key)
-    if known is None:
-        try:
-            known = _HeadSplit(model, layer)
-        except Exception as e:  # fx cannot trace every model
-            known = e
-        with _SPLITS_LOCK:
-            per_model = _SPLITS.setdefault(model, {})
-            if len(per_model) > 16:
-                per_model.clear()
-            per_model[key] = known
-    if isinstance(known, Exception):
-        raise known
-    return known
-
-
-HeadRunner = Callable[[int, Tensor], Any]
-
-
 @register("ablationcam", aliases=("ablation-cam",))
 class AblationCAM(BaseCAM):
     r"""Ablation-CAM (Desai & Ramaswamy, WACV 2020, https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html).
@@ -238,9 +161,7 @@ class AblationCAM(BaseCAM):
     ) -> None:
         super().__init__(model, layer, **kwargs)
         self.batch_size = _check_batch_size(batch_size)
-        if split not in ("auto", "fx", "hook"):
-            raise ValueError(f"split must be 'auto', 'fx' or 'hook', not {split!r}")
-        self.split = split
+        self.split = check_split(split)
 
     def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         b, k = acts.shape[:2]
@@ -253,7 +174,7 @@ class AblationCAM(BaseCAM):
             raise ValueError(
                 f"cannot find the {k} channels in layer {ctx.layer!r}'s output {tuple(act.shape)}"
             )
-        run_head = self._head(ctx)
+        run_head = head_runner(self.model, ctx, self.split)
         eye = torch.eye(k, device=act.device, dtype=torch.bool)
         ablated_scores = torch.zeros(b, k, device=acts.device)
         for i in range(b):
@@ -264,91 +185,3 @@ class AblationCAM(BaseCAM):
                 out = run_head(i, ablated)
                 ablated_scores[i, start : start + n] = ctx.scores(out, i).to(acts.device)
         return maps.ablation_weights(ctx.target.scores.detach().float(), ablated_scores)
-
-    # ---- running the head ------------------------------------------------------------------------
-    def _head(self, ctx: MapContext) -> HeadRunner:
-        """How to run the model after ``ctx.layer`` on ablated activations, decided once per call."""
-        key = f"ablation-head:{ctx.layer}"
-        if key not in ctx.scratch:
-            runner, used = self._choose_head(ctx)
-            ctx.scratch[key] = (runner, used)
-        runner, used = ctx.scratch[key]
-        ctx.details["split"] = used
-        return runner
-
-    def _choose_head(self, ctx: MapContext) -> tuple[HeadRunner, str]:
-        if self.split != "hook":
-            problem = "torch.fx could not trace the model"
-            for fresh in (False, True):
-                try:
-                    split = _traced_split(self.model, ctx.layer, fresh=fresh)
-                except Exception as e:
-                    problem = f"torch.fx could not split the model at {ctx.layer!r}: {e}"
-                    break
-                runner = self._verified_fx(split, ctx)
-                if runner is not None:
-                    return runner, "fx"
-                problem = (
-                    f"torch.fx's split at {ctx.layer!r} does not reproduce the model's output (a "
-                    "forward hook, a pre-hook or a flag read in forward that the trace cannot see)"
-                )
-            if self.split == "fx":
-                raise ValueError(f"{problem}; use split='hook' or split='auto'")
-        return self._hook_runner(ctx), "hook"
-
-    def _verified_fx(self, split: _HeadSplit, ctx: MapContext) -> HeadRunner | None:
-        """A runner on ``split``'s head if head(prefix(x)) equals the model's own output, else None."""
-        x = ctx.x
-        try:
-            with paused(), torch.inference_mode():
-                values = split.prefix(x)
-                out = split.head(*values)
-            got = torch.stack([ctx.scores(out, i)[i] for i in range(x.shape[0])])
-        except Exception:
-            return None
-        want = ctx.target.scores.detach().float().to(got.device)
-        if got.shape != want.shape or not torch.allclose(
-            got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-6
-        ):
-            return None
-        selected = ctx.output
-        if isinstance(selected, Tensor):  # the whole output, not just this target's score
-            from camlens.targets import select_output
-
-            mine = select_output(out, ctx.selector, passthrough=False)
-            if not isinstance(mine, Tensor) or mine.shape != selected.shape:
-                return None
-            ref = selected.detach().float()
-            if not torch.allclose(
-                mine.float(), ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()) + 1e-6
-            ):
-                return None
-        batch = x.shape[0]
-
-        def run(i: int, ablated: Tensor) -> Any:
-            n = ablated.shape[0]
-            rest = [
-                v[i : i + 1].expand(n, *v.shape[1:]).contiguous()
-                if isinstance(v, Tensor) and v.ndim and v.shape[0] == batch
-                else v
-                for v in values[1:]
-            ]
-            try:
-                with paused(), torch.inference_mode():
-                    return split.head(ablated, *rest)
-            except Exception as e:
-                raise model_error(ablated, e) from e
-
-        return run
-
-    def _hook_runner(self, ctx: MapContext) -> HeadRunner:
-        module = self.model.get_submodule(ctx.layer)
-        x = ctx.x
-
-        def run(i: int, ablated: Tensor) -> Any:
-            n = ablated.shape[0]
-            # the substitution's own scope is the active one: no other capture records this forward
-            with substitute_output(module, ablated), torch.inference_mode():
-                return run_model(self.model, x[i : i + 1].expand(n, *x.shape[1:]))
-
-        return run
