@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import camlens
-from conftest import GapNet, hook_count
+from conftest import GapNet, hook_count, make
 
 METHODS = list(camlens.METHODS.values())
 ids = [c.name for c in METHODS]
@@ -30,12 +30,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is all zero for samples")
 
 
 def build(cls: type, model: nn.Module, **options: Any) -> camlens.BaseCAM:
-    return cls(model, layer="features" if cls.takes_layer else None, **options)
+    """``cls`` on ``model`` at ``features`` (no layer for input-space methods), cheap options first."""
+    return make(cls, model, layer="features" if cls.takes_layer else None, **options)  # type: ignore[no-any-return]
 
 
 def same(a: camlens.CAMResult, b: camlens.CAMResult, tol: float = 1e-5) -> None:
     """Two results agree: maps, raw maps, scores, targets and input-space attributions."""
-    torch.testing.assert_close(a.raw, b.raw, rtol=1e-4, atol=tol * max(1.0, float(b.raw.abs().max())))
+    torch.testing.assert_close(
+        a.raw, b.raw, rtol=1e-4, atol=tol * max(1.0, float(b.raw.abs().max()))
+    )
     torch.testing.assert_close(a.maps, b.maps, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a.scores, b.scores, equal_nan=True)
     assert (a.targets is None) == (b.targets is None)
@@ -121,6 +124,16 @@ NON_DEFAULT: dict[str, Any] = {
     "baseline": torch.full((3, 1, 1), 0.25),
     "subtract_baseline": False,
     "split": "hook",
+    "kernel": "point",
+    "softmax": False,
+    "seed": 7,
+    "method": "layercam",
+    "alpha": 0.5,
+    "comparisons": [2, 0],
+    "weighting": "mean",
+    "num_samples": 2,
+    "std": 0.5,
+    "steps": 3,
 }
 
 

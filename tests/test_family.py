@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import pytest
 import torch
@@ -360,7 +361,7 @@ def test_scorecam_skips_constant_masks_exactly() -> None:
     """Channels whose mask is constant need no forward: all ones is the input, all zeros the baseline."""
 
     class Counting(GapNet):
-        batches: list[int] = []
+        batches: ClassVar[list[int]] = []
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             self.batches.append(x.shape[0])

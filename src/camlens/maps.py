@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,14 +32,21 @@ __all__ = [
     "ablation_weights",
     "channel_weighted",
     "eigencam_map",
+    "finer_objective",
+    "finer_references",
     "gradcam_weights",
     "gradcampp_weights",
     "hirescam_map",
     "hirescam_terms",
     "input_saliency",
+    "iscam_scales",
     "layercam_map",
     "layercam_terms",
     "normalize",
+    "random_weights",
+    "reciprocam_features",
+    "reciprocam_kernel",
+    "scorecam_masks",
     "scorecam_weights",
     "upsample",
     "weighted_sum",
@@ -254,16 +263,67 @@ def eigencam_map(acts: Tensor) -> Tensor:
     return (proj * sign).to(acts.dtype).reshape(b, *spatial)
 
 
-def scorecam_weights(masked_scores: Tensor, baseline_scores: Tensor | float = 0.0) -> Tensor:
-    r"""Score-CAM channel weights: each channel's increase of confidence (CIC).
+def scorecam_masks(acts: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:
+    r"""Score-CAM's masks: each activation map upsampled to the input and min-max scaled to ``[0, 1]``.
 
-    .. math:: w_k = y^c\big(X \odot H_k + B \odot (1 - H_k)\big) - y^c(B)
+    .. math:: H_k = \frac{U(A^k) - \min U(A^k)}{\max U(A^k) - \min U(A^k)}
 
-    where ``H_k`` is channel ``k`` upsampled to the input and min-max scaled to ``[0, 1]``, and ``B``
-    the baseline image. Wang et al. 2020, eq. 5 (https://arxiv.org/abs/1910.01279).
+    Wang et al. 2020, eq. 4 (https://arxiv.org/abs/1910.01279). ``U`` is :func:`upsample` (bilinear
+    with ``align_corners=False`` in 2-D) and the scaling :func:`normalize`: a constant map gives all
+    ones when positive and all zeros otherwise.
 
     Args:
-        masked_scores: ``(B, K)`` target scores on the masked inputs.
+        acts: ``(n, *spatial)`` activation maps (one channel each).
+        size: the input's spatial size.
+
+    Returns:
+        ``(n, *size)`` masks in ``[0, 1]``.
+
+    Example:
+        >>> scorecam_masks(torch.tensor([[0.0, 2.0], [3.0, 3.0]]), (4,))
+        tensor([[0.0000, 0.2500, 0.7500, 1.0000],
+                [1.0000, 1.0000, 1.0000, 1.0000]])
+    """
+    return normalize(upsample(acts, size))
+
+
+def iscam_scales(steps: int) -> Tensor:
+    r"""IS-CAM's integration points along the path from the baseline to the full mask: ``i / N``.
+
+    .. math:: w_k = \frac{1}{N} \sum_{i=1}^{N} \Big[y^c\big(X \odot \tfrac{i}{N} H_k + B \odot
+              (1 - \tfrac{i}{N} H_k)\big) - y^c(B)\Big]
+
+    Naidu et al. 2020, "IS-CAM: Integrated Score-CAM for axiomatic-based explanations"
+    (https://arxiv.org/abs/2010.03023): a Riemann sum of the score along the straight path from the
+    baseline (mask 0) to Score-CAM's masked input (mask ``H_k``), as in integrated gradients. One step
+    is Score-CAM.
+
+    Example:
+        >>> iscam_scales(4)
+        tensor([0.2500, 0.5000, 0.7500, 1.0000])
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    return torch.arange(1, steps + 1, dtype=torch.float32) / steps
+
+
+def scorecam_weights(masked_scores: Tensor, baseline_scores: Tensor | float = 0.0) -> Tensor:
+    r"""Score-CAM channel weights: each channel's increase of confidence (CIC), averaged over samples.
+
+    .. math:: w_k = \frac{1}{N} \sum_{j=1}^{N} y^c\big(X \odot M_{k,j} + B \odot (1 - M_{k,j})\big)
+              - y^c(B)
+
+    where ``B`` is the baseline image and ``M_{k,j}`` the ``j``-th perturbed mask of channel ``k``:
+
+    * Score-CAM (Wang et al. 2020, eq. 5, https://arxiv.org/abs/1910.01279): ``N = 1``,
+      ``M_k = H_k`` (:func:`scorecam_masks`);
+    * SS-CAM (Wang et al. 2020, https://arxiv.org/abs/2006.14255): ``M_{k,j} = H_k + \delta_j`` with
+      Gaussian noise :math:`\delta_j \sim \mathcal{N}(0, \sigma^2)` on every pixel;
+    * IS-CAM (Naidu et al. 2020): ``M_{k,i} = (i / N) H_k`` (:func:`iscam_scales`).
+
+    Args:
+        masked_scores: ``(B, K)`` target scores on the masked inputs, or ``(N, B, K)`` for ``N``
+            perturbed masks per channel (averaged).
         baseline_scores: ``(B,)`` target scores on the baseline image, or a number (0 gives the raw
             scores as weights).
 
@@ -273,9 +333,15 @@ def scorecam_weights(masked_scores: Tensor, baseline_scores: Tensor | float = 0.
     Example:
         >>> scorecam_weights(torch.tensor([[3.0, 1.0]]), torch.tensor([2.0]))
         tensor([[ 1., -1.]])
+        >>> scorecam_weights(torch.tensor([[[3.0, 1.0]], [[5.0, 1.0]]]), torch.tensor([2.0]))
+        tensor([[ 2., -1.]])
     """
+    if masked_scores.ndim == 3:
+        masked_scores = masked_scores.mean(dim=0)
     if masked_scores.ndim != 2:
-        raise ValueError(f"expected (B, K) masked scores, got {tuple(masked_scores.shape)}")
+        raise ValueError(
+            f"expected (B, K) or (N, B, K) masked scores, got {tuple(masked_scores.shape)}"
+        )
     base = torch.as_tensor(baseline_scores, dtype=masked_scores.dtype, device=masked_scores.device)
     return masked_scores - (base[:, None] if base.ndim == 1 else base)
 
@@ -304,6 +370,180 @@ def ablation_weights(scores: Tensor, ablated_scores: Tensor) -> Tensor:
         )
     denom = torch.where(scores != 0, scores, torch.ones_like(scores))[:, None]
     return (scores[:, None] - ablated_scores) / denom
+
+
+def reciprocam_kernel(ndim: int, kind: str = "gaussian") -> Tensor:
+    r"""The spatial kernel with which Recipro-CAM spreads a position's features to its neighbours.
+
+    ``"gaussian"``: the binomial kernel :math:`g = [\tfrac14, \tfrac12, \tfrac14]^{\otimes n}` on
+    ``n`` spatial axes (in 2-D the 3x3 filter ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` of the
+    authors' code); ``"point"``: the one-position kernel ``[1]`` (the plain spatial mask of the
+    paper's first version).
+
+    Example:
+        >>> reciprocam_kernel(2) * 16
+        tensor([[1., 2., 1.],
+                [2., 4., 2.],
+                [1., 2., 1.]])
+        >>> reciprocam_kernel(1, "point")
+        tensor([1.])
+    """
+    if kind == "point":
+        base = torch.ones(1)
+    elif kind == "gaussian":
+        base = torch.tensor([0.25, 0.5, 0.25])
+    else:
+        raise ValueError(f"kernel must be 'gaussian' or 'point', not {kind!r}")
+    if ndim not in (1, 2, 3):
+        raise ValueError(f"only 1, 2 or 3 spatial axes are supported, got {ndim}")
+    out = base
+    for _ in range(ndim - 1):
+        out = out[..., None] * base
+    return out
+
+
+def reciprocam_features(
+    acts: Tensor, rows: Tensor, positions: Tensor, kernel: Tensor | str = "gaussian"
+) -> Tensor:
+    r"""Recipro-CAM's spatially masked feature maps: one position's features, alone on the map.
+
+    For the position ``p`` the masked map keeps the channel vector :math:`A_{:,p}` and spreads it over
+    ``p``'s neighbourhood with the kernel ``g`` (:func:`reciprocam_kernel`); everything else is 0:
+
+    .. math:: M^{(p)}_{k,q} = A^k_p \; g(q - p)
+
+    (the kernel is cut at the border, not renormalised). Byun & Lee 2022, "Recipro-CAM: Fast
+    gradient-free visual explanations for convolutional neural networks"
+    (https://arxiv.org/abs/2209.14074); the head of the network scores each ``M^{(p)}`` and that
+    score is the map's value at ``p``.
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations.
+        rows: ``(n,)`` the sample of each masked map.
+        positions: ``(n,)`` flat (row-major) index of each map's position in ``spatial``.
+        kernel: an odd-sized kernel with one axis per spatial axis, or its name.
+
+    Returns:
+        ``(n, K, *spatial)``.
+
+    Example:
+        >>> A = torch.arange(1.0, 5.0).reshape(1, 1, 4)           # one channel, four positions
+        >>> reciprocam_features(A, torch.tensor([0, 0]), torch.tensor([0, 2]))
+        tensor([[[0.5000, 0.2500, 0.0000, 0.0000]],
+        <BLANKLINE>
+                [[0.0000, 0.7500, 1.5000, 0.7500]]])
+    """
+    if acts.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) activations, got {tuple(acts.shape)}")
+    spatial = tuple(acts.shape[2:])
+    g = reciprocam_kernel(len(spatial), kernel) if isinstance(kernel, str) else kernel
+    if g.ndim != len(spatial) or any(s % 2 == 0 for s in g.shape):
+        raise ValueError(f"kernel {tuple(g.shape)} must have one odd-sized axis per spatial axis")
+    n = positions.shape[0]
+    z = math.prod(spatial)
+    onehot = torch.zeros(n, z, dtype=acts.dtype, device=acts.device)
+    onehot.scatter_(1, positions.to(acts.device).long()[:, None], 1.0)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(spatial) - 1]
+    spread = conv(
+        onehot.reshape(n, 1, *spatial),
+        g.flip(tuple(range(g.ndim))).to(acts)[None, None],  # a true convolution: g(q - p)
+        padding=[s // 2 for s in g.shape],
+    )  # (n, 1, *spatial)
+    flat = acts.flatten(2)  # (B, K, Z)
+    centre = flat[rows.to(acts.device).long(), :, positions.to(acts.device).long()]  # (n, K)
+    return centre.reshape(n, -1, *([1] * len(spatial))) * spread
+
+
+def finer_references(logits: Tensor, classes: Tensor, n: int) -> Tensor:
+    r"""Finer-CAM's reference classes: the ``n`` classes whose scores are closest to the target's.
+
+    .. math:: d_1, \dots, d_n = \operatorname*{arg\,min}_{d \ne c} |y^d - y^c|
+
+    Zhang et al. 2025 (https://arxiv.org/abs/2501.11309): the classes the model finds most similar to
+    ``c`` for this image. The target itself is never a reference; ``n`` is capped at the number of
+    other classes; ties go to the lower class index.
+
+    Args:
+        logits: ``(B, C)`` scores.
+        classes: ``(B,)`` target classes.
+        n: how many references.
+
+    Returns:
+        ``(B, min(n, C - 1))`` class indices, closest first.
+
+    Example:
+        >>> finer_references(torch.tensor([[5.0, 4.5, 0.0, 6.0]]), torch.tensor([0]), 2)
+        tensor([[1, 3]])
+    """
+    if logits.ndim != 2 or classes.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected (B, C) logits and (B,) classes, got {tuple(logits.shape)} and {tuple(classes.shape)}"
+        )
+    if logits.shape[1] < 2:
+        raise ValueError("Finer-CAM needs at least two classes to compare")
+    y = logits.detach().double()
+    idx = classes.to(y.device).long()[:, None]
+    dist = (y - y.gather(1, idx)).abs().scatter(1, idx, float("inf"))
+    order = torch.sort(dist, dim=1, stable=True).indices
+    return order[:, : min(int(n), logits.shape[1] - 1)]
+
+
+def finer_objective(
+    logits: Tensor, classes: Tensor, references: Tensor, alpha: float, weights: Tensor | None = None
+) -> Tensor:
+    r"""Finer-CAM's objective: the target's score minus ``alpha`` times its references' scores.
+
+    .. math:: s = y^c - \alpha \sum_{j} \omega_j \, y^{d_j}, \qquad \sum_j \omega_j = 1
+
+    Zhang et al. 2025 (https://arxiv.org/abs/2501.11309): a CAM of ``s`` instead of ``y^c`` keeps
+    what tells ``c`` apart from the similar classes ``d_j`` and drops what they share. ``weights``
+    ``omega`` are constants (no gradient flows through them); ``None`` averages the references. A
+    reference equal to the target class gets weight 0 (the others are renormalised); a row whose
+    references are all the target gives ``y^c``.
+
+    Args:
+        logits: ``(B, C)`` scores (the gradient flows through them).
+        classes: ``(B,)`` target classes.
+        references: ``(B, n)`` reference classes.
+        alpha: the comparison strength (0 gives ``y^c``).
+        weights: ``(B, n)`` non-negative weights of the references, or ``None``.
+
+    Returns:
+        ``(B,)``.
+
+    Example:
+        >>> y = torch.tensor([[3.0, 1.0, 2.0]])
+        >>> finer_objective(y, torch.tensor([0]), torch.tensor([[1, 2]]), alpha=1.0)   # 3 - (1 + 2) / 2
+        tensor([1.5000])
+    """
+    if references.ndim != 2 or references.shape[0] != logits.shape[0]:
+        raise ValueError(f"expected (B, n) references, got {tuple(references.shape)}")
+    idx = classes.to(logits.device).long()
+    refs = references.to(logits.device).long()
+    w = torch.ones(refs.shape, device=logits.device) if weights is None else weights.detach()
+    w = w.to(logits.dtype) * (refs != idx[:, None]).to(logits.dtype)
+    total = w.sum(dim=1, keepdim=True)
+    w = torch.where(total > 0, w / torch.where(total > 0, total, torch.ones_like(total)), w)
+    target = logits.gather(1, idx[:, None]).squeeze(1)
+    return target - alpha * (w * logits.gather(1, refs)).sum(dim=1)
+
+
+def random_weights(k: int, generator: torch.Generator) -> Tensor:
+    r"""Random channel weights, uniform on ``[-1, 1)``: the weights of the RandomCAM baseline.
+
+    .. math:: w_k \sim \mathcal{U}(-1, 1)
+
+    As pytorch-grad-cam's ``RandomCAM``, drawn from ``generator`` (on its device) so that a seed
+    reproduces them.
+
+    Example:
+        >>> w = random_weights(4, torch.Generator().manual_seed(0))
+        >>> w.shape, bool((w >= -1).all() and (w < 1).all())
+        (torch.Size([4]), True)
+        >>> torch.equal(w, random_weights(4, torch.Generator().manual_seed(0)))
+        True
+    """
+    return torch.rand(k, generator=generator, device=generator.device) * 2 - 1
 
 
 def input_saliency(attribution: Tensor) -> Tensor:

@@ -13,17 +13,23 @@ import pkgutil
 # The order of these imports is the order of METHODS, as users see it listed.
 from camlens.methods.gradient import GradCAM, HiResCAM, GradCAMPlusPlus, XGradCAM, LayerCAM
 from camlens.methods.activation import CAM, EigenCAM
-from camlens.methods.perturbation import ScoreCAM, AblationCAM
+from camlens.methods.perturbation import ScoreCAM, SSCAM, ISCAM, AblationCAM
+from camlens.methods.recipro import ReciproCAM
+from camlens.methods.finer import FinerCAM
+from camlens.methods.baseline import RandomCAM
 from camlens.methods.guided import GuidedBackprop, GuidedGradCAM
 from camlens.methods.base import BaseCAM, MapContext, ModelError
 from camlens.methods.registry import METHODS, get_method, register
 
 __all__ = [
     "CAM",
+    "ISCAM",
     "METHODS",
+    "SSCAM",
     "AblationCAM",
     "BaseCAM",
     "EigenCAM",
+    "FinerCAM",
     "GradCAM",
     "GradCAMPlusPlus",
     "GuidedBackprop",
@@ -32,6 +38,8 @@ __all__ = [
     "LayerCAM",
     "MapContext",
     "ModelError",
+    "RandomCAM",
+    "ReciproCAM",
     "ScoreCAM",
     "XGradCAM",
     "get_method",

@@ -138,7 +138,7 @@ def head_runner(model: nn.Module, ctx: MapContext, split: str = "auto") -> HeadR
         ctx.scratch[key] = _choose(model, ctx, check_split(split))
     runner, used = ctx.scratch[key]
     ctx.details["split"] = used
-    return runner  # type: ignore[no-any-return]
+    return runner
 
 
 def _choose(model: nn.Module, ctx: MapContext, split: str) -> tuple[HeadRunner, str]:

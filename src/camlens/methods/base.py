@@ -145,6 +145,37 @@ class MapContext:
         selected = select_output(output, self.selector, passthrough=accepts_any_output([fn]))
         return resolve(fn, selected).scores.float()
 
+    def row_scores(self, output: Any, rows: Tensor, *, softmax: bool = False) -> Tensor:
+        """Each row of an internal forward's ``output`` scored for the target of its own sample.
+
+        Lets a method batch perturbed copies of *different* samples into one forward.
+
+        Args:
+            output: the model's output on ``N`` rows.
+            rows: ``(N,)`` the sample of the call's batch that each row is a copy of.
+            softmax: score class targets by their softmax probability instead of the logit (a
+                callable target always scores the output as it is).
+
+        Returns:
+            ``(N,)`` float scores.
+        """
+        classes = self.target.classes
+        if classes is None or accepts_any_output([self.spec]):
+            if not callable(self.spec):
+                raise ValueError("this method needs class targets or a callable target")
+            selected = select_output(
+                output, self.selector, passthrough=accepts_any_output([self.spec])
+            )
+            return resolve(self.spec, selected).scores.float()
+        selected = select_output(output, self.selector)
+        if not isinstance(selected, Tensor) or selected.ndim != 2:
+            raise ValueError(
+                f"class targets need (N, classes) scores, but the model's output gives {type(selected).__name__}"
+            )
+        scores = selected.float().softmax(dim=1) if softmax else selected.float()
+        idx = classes.to(scores.device)[rows.to(scores.device)]
+        return scores.gather(1, idx[:, None]).squeeze(1)
+
 
 class BaseCAM:
     """Base of all class-activation-map methods.
@@ -232,6 +263,16 @@ class BaseCAM:
         from camlens.maps import channel_weighted
 
         return channel_weighted(acts, self.weights(acts, grads, ctx))
+
+    def _objective(self, target: Resolved, output: Any, details: dict[str, Any]) -> Tensor:
+        """The ``(B,)`` scores whose gradient a gradient method takes; by default the target's scores.
+
+        A method that explains something other than the target's own score (Finer-CAM: the target's
+        score minus that of similar classes) returns it here, computed from ``output`` (the selected
+        output, part of the autograd graph), and may record its choices in ``details``. The result
+        still reports the target's own ``scores``.
+        """
+        return target.scores
 
     def _record_inputs(self, layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
         """Modules whose inputs the capture should also record (CAM's classifier)."""
@@ -467,13 +508,14 @@ class BaseCAM:
         for i, spec in enumerate(specs):
             resolved = self._resolve_target(spec, logits, batch=x.shape[0])
             grads: dict[str, Tensor] = {}
+            details: dict[str, Any] = {}
             if self.needs_grad:
-                score = -resolved.scores if counterfactual else resolved.scores
+                score = self._objective(resolved, logits, details)
+                score = -score if counterfactual else score
                 g = layer_gradients(score, obs.activations, retain_graph=i < len(specs) - 1)
                 grads = {n: self._to_spatial(n, g[n], x).float() for n in names}
             raws: dict[str, Tensor] = {}
             attributions: dict[str, Tensor] = {}
-            details: dict[str, Any] = {}
             with paused():
                 for n in names:
                     ctx = MapContext(
