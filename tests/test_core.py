@@ -193,9 +193,10 @@ def test_every_method_matches_reference_formula_from_full_autograd(
         w = w / w.sum(1, keepdim=True)
         g_obj = g.clone()
         for j in range(3):
-            g_obj -= w[:, j, None, None, None] * reference_acts_grads(
-                convhead, convhead.body, x, others[:, j]
-            )[1]
+            g_obj -= (
+                w[:, j, None, None, None]
+                * reference_acts_grads(convhead, convhead.body, x, others[:, j])[1]
+            )
         ref = (g_obj.mean(spatial, keepdim=True) * a).sum(1)
     elif cls is camlens.RandomCAM:
         options = {"seed": 5}  # seed 0 happens to give this model an empty map
