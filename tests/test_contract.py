@@ -134,6 +134,7 @@ NON_DEFAULT: dict[str, Any] = {
     "num_samples": 2,
     "std": 0.5,
     "steps": 3,
+    "optimize": False,
 }
 
 

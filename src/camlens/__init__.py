@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from camlens import maps, targets
+from camlens import concepts, maps, targets
 from camlens.capture import (
     LayerCapture,
     find_default_layer,
@@ -24,6 +24,7 @@ from camlens.methods import (
     CAM,
     ISCAM,
     METHODS,
+    SESS,
     SSCAM,
     AblationCAM,
     BaseCAM,
@@ -50,6 +51,7 @@ __all__ = [
     "CAM",
     "ISCAM",
     "METHODS",
+    "SESS",
     "SSCAM",
     "AblationCAM",
     "BaseCAM",
@@ -68,6 +70,7 @@ __all__ = [
     "ReciproCAM",
     "ScoreCAM",
     "XGradCAM",
+    "concepts",
     "find_default_layer",
     "find_last_spatial_layer",
     "get_method",

@@ -31,9 +31,11 @@ from torch import Tensor
 __all__ = [
     "ablation_weights",
     "channel_weighted",
+    "deep_feature_factorization",
     "eigencam_map",
     "finer_objective",
     "finer_references",
+    "gaussian_blur",
     "gradcam_weights",
     "gradcampp_weights",
     "hirescam_map",
@@ -42,12 +44,16 @@ __all__ = [
     "iscam_scales",
     "layercam_map",
     "layercam_terms",
+    "nmf",
     "normalize",
     "random_weights",
     "reciprocam_features",
     "reciprocam_kernel",
     "scorecam_masks",
     "scorecam_weights",
+    "sess_fuse",
+    "sess_scales",
+    "sliding_windows",
     "upsample",
     "weighted_sum",
     "xgradcam_weights",
@@ -544,6 +550,234 @@ def random_weights(k: int, generator: torch.Generator) -> Tensor:
         True
     """
     return torch.rand(k, generator=generator, device=generator.device) * 2 - 1
+
+
+def _nndsvda(v: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """NNDSVD initialisation (Boutsidis & Gallopoulos 2008), zeros filled with the mean of ``v``."""
+    u, sv, vt = torch.linalg.svd(v, full_matrices=False)
+    w = torch.zeros(v.shape[0], rank, dtype=v.dtype, device=v.device)
+    h = torch.zeros(rank, v.shape[1], dtype=v.dtype, device=v.device)
+    w[:, 0] = sv[0].sqrt() * u[:, 0].abs()
+    h[0] = sv[0].sqrt() * vt[0].abs()
+    for j in range(1, rank):
+        x, y = u[:, j], vt[j]
+        xp, xn, yp, yn = x.clamp(min=0), (-x).clamp(min=0), y.clamp(min=0), (-y).clamp(min=0)
+        pos = xp.norm() * yp.norm()
+        neg = xn.norm() * yn.norm()
+        a, b, sigma = (xp, yp, pos) if pos > neg else (xn, yn, neg)
+        scale = (sv[j] * sigma).sqrt()
+        w[:, j] = scale * a / a.norm().clamp(min=1e-300)
+        h[j] = scale * b / b.norm().clamp(min=1e-300)
+    mean = v.mean()
+    return torch.where(w == 0, mean, w), torch.where(h == 0, mean, h)
+
+
+def nmf(
+    v: Tensor, rank: int, *, iters: int = 200, tol: float = 1e-4
+) -> tuple[Tensor, Tensor, float]:
+    r"""Non-negative matrix factorisation :math:`V \approx W H` by hierarchical alternating least squares.
+
+    .. math:: \min_{W \ge 0,\, H \ge 0} \lVert V - W H \rVert_F^2
+
+    Each sweep updates every row of ``H``, then every column of ``W``, by its exact non-negative
+    least-squares solution with the others fixed (Cichocki & Phan 2009; the coordinate descent of
+    scikit-learn's default ``NMF`` solver). Initialised deterministically by NNDSVDa (Boutsidis &
+    Gallopoulos 2008), so no random state is involved. Stops after ``iters`` sweeps, or when ten
+    sweeps lower the relative error by less than ``tol`` of its value (scikit-learn's defaults: 200
+    and 1e-4, checked every 10 sweeps). Computed in float64.
+
+    Args:
+        v: ``(m, n)`` non-negative matrix.
+        rank: the number of components ``r`` (at most ``min(m, n)``).
+        iters: most sweeps.
+        tol: relative improvement below which it stops.
+
+    Returns:
+        ``W`` ``(m, r)``, ``H`` ``(r, n)`` (both ``>= 0``, in ``v``'s dtype) and the relative error
+        :math:`\lVert V - WH \rVert_F / \lVert V \rVert_F`.
+
+    Example:
+        >>> w0, h0 = torch.tensor([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]]), torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+        >>> w, h, err = nmf(w0 @ h0, 2)
+        >>> err < 1e-6, bool((w >= 0).all() and (h >= 0).all())
+        (True, True)
+    """
+    if v.ndim != 2:
+        raise ValueError(f"expected a (m, n) matrix, got {tuple(v.shape)}")
+    if bool((v < 0).any()) or not bool(torch.isfinite(v).all()):
+        raise ValueError("NMF needs a finite, non-negative matrix")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(v.shape):
+        raise ValueError(
+            f"rank must be an int in [1, {min(v.shape)}] for a {tuple(v.shape)} matrix"
+        )
+    x = v.double()
+    norm = float(x.norm())
+    if norm == 0:
+        return torch.zeros_like(v[:, :rank]), torch.zeros_like(v[:rank]), 0.0
+    w, h = _nndsvda(x, rank)
+
+    def error() -> float:
+        return float((x - w @ h).norm()) / norm
+
+    last = error()
+    for sweep in range(1, iters + 1):
+        wtv, wtw = w.T @ x, w.T @ w
+        for j in range(rank):
+            if wtw[j, j] > 0:
+                h[j] = (h[j] + (wtv[j] - wtw[j] @ h) / wtw[j, j]).clamp(min=0)
+        vht, hht = x @ h.T, h @ h.T
+        for j in range(rank):
+            if hht[j, j] > 0:
+                w[:, j] = (w[:, j] + (vht[:, j] - w @ hht[:, j]) / hht[j, j]).clamp(min=0)
+        if sweep % 10 == 0 or sweep == iters:  # as scikit-learn, check every 10 sweeps
+            now = error()
+            done = last - now < tol * max(now, 1e-12)
+            last = now
+            if done:
+                break
+    return w.to(v.dtype), h.to(v.dtype), error()
+
+
+def deep_feature_factorization(
+    acts: Tensor, n: int, *, iters: int = 200, tol: float = 1e-4
+) -> tuple[Tensor, Tensor, float]:
+    r"""Deep Feature Factorization: a layer's activations over a batch as ``n`` non-negative concepts.
+
+    All positions of all images are the columns of one matrix ``A`` ``(K, B * Z)``; each channel is
+    shifted to start at 0 (``o_k = \min A^k``, as pytorch-grad-cam's ``dff``) and factorised
+    (:func:`nmf`):
+
+    .. math:: A - o \mathbf{1}^\top \approx W H, \qquad W \in \mathbb{R}_{\ge 0}^{K \times n},
+              \; H \in \mathbb{R}_{\ge 0}^{n \times B Z}
+
+    Collins, Achanta & Süsstrunk 2018 (https://arxiv.org/abs/1806.10206). Column ``j`` of ``W`` (plus
+    the offset ``o``) is concept ``j``'s embedding in the layer's channel space; row ``j`` of ``H``,
+    reshaped, says where each image shows it.
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations.
+        n: number of concepts.
+        iters, tol: see :func:`nmf`.
+
+    Returns:
+        ``concepts`` ``(K, n)`` (``W + o``), ``maps`` ``(B, n, *spatial)`` (``H``), and the relative
+        reconstruction error of the shifted activations,
+        :math:`\lVert (A - o) - W H \rVert_F / \lVert A - o \rVert_F`.
+
+    Example:
+        >>> A = torch.zeros(1, 3, 2, 2); A[0, 0, 0, 0] = A[0, 1, 0, 0] = 1.0; A[0, 2, 1, 1] = 2.0
+        >>> concepts, where, err = deep_feature_factorization(A, 2)
+        >>> concepts.shape, where.shape, err < 1e-6
+        (torch.Size([3, 2]), torch.Size([1, 2, 2, 2]), True)
+    """
+    if acts.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) activations, got {tuple(acts.shape)}")
+    b, k = acts.shape[:2]
+    spatial = acts.shape[2:]
+    mat = acts.transpose(0, 1).reshape(k, -1)  # (K, B * Z)
+    mat = torch.nan_to_num(mat)
+    offset = mat.amin(dim=1, keepdim=True)
+    w, h, err = nmf(mat - offset, n, iters=iters, tol=tol)
+    where = h.reshape(n, b, *spatial).transpose(0, 1)
+    return w + offset, where, err
+
+
+def sess_scales(window: int, num: int = 12, step_ratio: float = 2.0 / 7.0) -> list[int]:
+    r"""SESS's image scales: shorter sides from the window size up, in steps of ``step_ratio * window``.
+
+    .. math:: s_i = w + i \cdot \mathrm{round}(r w), \qquad i = 0, \dots, N - 1
+
+    Tursun et al. 2022 (https://arxiv.org/abs/2207.01769): 224, 288, ..., 928 for a 224 window, as
+    pytorch-grad-cam's ``SESS``.
+
+    Example:
+        >>> sess_scales(224, 3)
+        [224, 288, 352]
+    """
+    step = round(window * step_ratio)
+    return [window + step * i for i in range(num)]
+
+
+def sliding_windows(length: int, step: int, window: int) -> list[int]:
+    """Start of each window along one axis of ``length``; the last one is shifted back inside.
+
+    As pytorch-grad-cam's ``window_starts``: every window has the full size, so the last may overlap
+    its neighbour.
+
+    Example:
+        >>> sliding_windows(10, 4, 4), sliding_windows(4, 4, 4)
+        ([0, 4, 6], [0])
+    """
+    starts: list[int] = []
+    for start in range(0, length, step):
+        if start + window >= length:
+            starts.append(max(length - window, 0))
+            break
+        starts.append(start)
+    return starts
+
+
+def sess_fuse(pasted: Tensor, theta: float = 0.0, pool: str = "mean") -> Tensor:
+    r"""SESS's fusion of patch maps pasted back on the image: a mean over the patches that cover a pixel.
+
+    .. math:: M_i = \frac{\sum_p P_{p,i} \, [P_{p,i} > \theta]}{\sum_p [P_{p,i} > \theta]}
+
+    (0 where no patch exceeds ``theta``), or ``max_p P_{p,i}`` with ``pool="max"``. Tursun et al.
+    2022 (https://arxiv.org/abs/2207.01769), as pytorch-grad-cam's ``_CAMFusion``.
+
+    Args:
+        pasted: ``(P, *spatial)`` weighted patch maps on the image's frame (0 outside each patch).
+        theta: values at or below it do not count in the mean.
+        pool: ``"mean"`` or ``"max"``.
+
+    Returns:
+        ``(*spatial)``.
+
+    Example:
+        >>> sess_fuse(torch.tensor([[0.5, 0.0, 1.0], [0.3, 0.4, 0.0]]))
+        tensor([0.4000, 0.4000, 1.0000])
+    """
+    if pool == "max":
+        return pasted.amax(dim=0)
+    if pool != "mean":
+        raise ValueError(f"pool must be 'mean' or 'max', not {pool!r}")
+    counted = pasted > theta
+    total = torch.where(counted, pasted, torch.zeros_like(pasted)).sum(dim=0)
+    count = counted.sum(dim=0)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+
+
+def gaussian_blur(maps: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
+    r"""Gaussian smoothing of ``(B, *spatial)`` maps, one separable pass per axis, borders reflected.
+
+    .. math:: g_j \propto \exp\!\Big(-\frac{(j - (k - 1)/2)^2}{2 \sigma^2}\Big), \quad \sum_j g_j = 1
+
+    As OpenCV's ``GaussianBlur`` (which pytorch-grad-cam's SESS applies with ``k = 11``,
+    ``sigma = 5``): the border is reflected without repeating the edge (``BORDER_REFLECT_101``). An
+    axis shorter than the kernel's half-width gets the kernel cut to fit (renormalised).
+
+    Example:
+        >>> m = torch.zeros(1, 5); m[0, 2] = 1.0
+        >>> gaussian_blur(m, 3, 1.0)
+        tensor([[0.0000, 0.2741, 0.4519, 0.2741, 0.0000]])
+    """
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    out = maps
+    for axis in range(1, maps.ndim):
+        n = maps.shape[axis]
+        half = min(kernel_size // 2, n - 1)
+        j = torch.arange(-half, half + 1, dtype=torch.float64)
+        g = torch.exp(-(j**2) / (2 * sigma**2))
+        g = (g / g.sum()).to(maps)
+        moved = out.movedim(axis, -1)
+        shape = moved.shape
+        flat = moved.reshape(-1, 1, n)
+        if half > 0:
+            flat = F.pad(flat, (half, half), mode="reflect")
+        flat = F.conv1d(flat, g.reshape(1, 1, -1))
+        out = flat.reshape(shape).movedim(-1, axis)
+    return out
 
 
 def input_saliency(attribution: Tensor) -> Tensor:

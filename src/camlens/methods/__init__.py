@@ -17,6 +17,7 @@ from camlens.methods.perturbation import ScoreCAM, SSCAM, ISCAM, AblationCAM
 from camlens.methods.recipro import ReciproCAM
 from camlens.methods.finer import FinerCAM
 from camlens.methods.baseline import RandomCAM
+from camlens.methods.sess import SESS
 from camlens.methods.guided import GuidedBackprop, GuidedGradCAM
 from camlens.methods.base import BaseCAM, MapContext, ModelError
 from camlens.methods.registry import METHODS, get_method, register
@@ -25,6 +26,7 @@ __all__ = [
     "CAM",
     "ISCAM",
     "METHODS",
+    "SESS",
     "SSCAM",
     "AblationCAM",
     "BaseCAM",

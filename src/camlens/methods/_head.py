@@ -28,7 +28,7 @@ from camlens._structure import structure_key
 from camlens.capture import paused, substitute_output
 from camlens.methods.base import MapContext, model_error, run_model
 
-__all__ = ["SPLITS", "HeadRunner", "check_split", "head_runner"]
+__all__ = ["SPLITS", "HeadRunner", "check_split", "head_runner", "reproduces"]
 
 #: The values of a method's ``split=`` option.
 SPLITS = ("auto", "fx", "hook")
@@ -168,6 +168,30 @@ def _close(got: Tensor, want: Tensor) -> bool:
     )
 
 
+def reproduces(out: Any, ctx: MapContext) -> bool:
+    """Whether ``out``, computed from the call's input another way, is the model's own output.
+
+    The target's score of every sample must match, and the whole selected output when it is a tensor
+    (to float tolerance: ``rtol=1e-4``, ``atol=1e-5`` of the largest value).
+    """
+    try:
+        got = torch.stack([ctx.scores(out, i)[i] for i in range(ctx.x.shape[0])])
+    except Exception:
+        return False
+    if not _close(got, ctx.target.scores.detach().float().to(got.device)):
+        return False
+    if isinstance(ctx.output, Tensor):  # the whole output, not just this target's score
+        from camlens.targets import select_output
+
+        try:
+            mine = select_output(out, ctx.selector, passthrough=False)
+        except Exception:
+            return False
+        if not isinstance(mine, Tensor) or not _close(mine.float(), ctx.output.detach().float()):
+            return False
+    return True
+
+
 def _rows_of(v: Tensor, rows: int | Tensor, n: int) -> Tensor:
     if isinstance(rows, int):
         return v[rows : rows + 1].expand(n, *v.shape[1:]).contiguous()
@@ -181,18 +205,10 @@ def _verified_fx(traced: _HeadSplit, ctx: MapContext) -> HeadRunner | None:
         with paused(), torch.inference_mode():
             values = traced.prefix(x)
             out = traced.head(*values)
-        got = torch.stack([ctx.scores(out, i)[i] for i in range(x.shape[0])])
     except Exception:
         return None
-    want = ctx.target.scores.detach().float().to(got.device)
-    if not _close(got, want):
+    if not reproduces(out, ctx):
         return None
-    if isinstance(ctx.output, Tensor):  # the whole output, not just this target's score
-        from camlens.targets import select_output
-
-        mine = select_output(out, ctx.selector, passthrough=False)
-        if not isinstance(mine, Tensor) or not _close(mine.float(), ctx.output.detach().float()):
-            return None
     batch = x.shape[0]
 
     def run(rows: int | Tensor, replaced: Tensor) -> Any:

@@ -23,8 +23,10 @@ the automatic layer is chosen for each input shape and module tree
 
 from __future__ import annotations
 
+import contextvars
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -53,9 +55,26 @@ from camlens.targets import (
     top_k_targets,
 )
 
-__all__ = ["BaseCAM", "MapContext", "ModelError", "Observation"]
+__all__ = ["BaseCAM", "MapContext", "ModelError", "Observation", "quiet"]
 
 OutputSelector = str | int | Callable[[Any], Tensor] | None
+
+
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("camlens_quiet", default=False)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Calls of methods inside this block do not warn about empty maps (in this thread or task only).
+
+    For composite methods whose inner calls explain parts of an input (SESS's patches), where an
+    empty map of a part is expected and says nothing about the result.
+    """
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 class ModelError(RuntimeError):
@@ -599,6 +618,8 @@ class BaseCAM:
         )
 
     def _warn_empty(self, raws: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
+        if _QUIET.get():
+            return
         for n, r in raws.items():
             empty = r.reshape(r.shape[0], -1).amax(dim=1) <= 0
             if not bool(empty.any()):

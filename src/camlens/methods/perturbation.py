@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from camlens import maps
 from camlens.capture import LayerSpec
+from camlens.methods._fast import internal_forward
 from camlens.methods._head import check_split, head_runner
-from camlens.methods.base import BaseCAM, MapContext, ModelError
+from camlens.methods.base import BaseCAM, MapContext
 from camlens.methods.registry import register
 
 __all__ = ["ISCAM", "SSCAM", "AblationCAM", "ScoreCAM"]
@@ -50,11 +51,13 @@ class ScoreCAM(BaseCAM):
     as in the paper); ``subtract_baseline=False`` uses the raw scores ``y^c(X \odot H_k + ...)``.
 
     How it runs: the masked inputs of all samples of the batch are batched together (``batch_size``
-    per forward) under inference mode, with capture paused; on the CPU, 2-D and 3-D inputs are passed
-    channels-last (oneDNN's faster layout; a model that refuses that layout gets its own). The baseline
-    image runs once per call. A channel whose mask is constant needs no forward: an all-ones mask
-    leaves the input as it is (its score is the target's own score) and an all-zeros mask gives the
-    baseline; both are filled in exactly.
+    per forward) under inference mode, with capture paused. On the CPU they run on an
+    inference-optimised copy of the model (batch norms folded into the convolutions, oneDNN layouts;
+    :mod:`camlens.methods._fast`) where fx can build one that reproduces the model's output on the
+    call's input, else channels-last; ``result.details["forward"]`` says which (``"optimized"``,
+    ``"channels-last"`` or ``"model"``). The baseline image runs once per call. A channel whose mask
+    is constant needs no forward: an all-ones mask leaves the input as it is (its score is the
+    target's own score) and an all-zeros mask gives the baseline; both are filled in exactly.
 
     Args:
         batch_size: masked inputs per forward pass; bounds memory.
@@ -62,6 +65,8 @@ class ScoreCAM(BaseCAM):
             weight 0). An approximation that trades accuracy for speed; ``None`` (default) uses all.
         baseline: ``"zeros"`` or a tensor broadcastable to one input ``(C, *spatial)``.
         subtract_baseline: subtract the baseline image's score from each weight (default, as in CIC).
+        optimize: use the inference-optimised copy where it applies (it keeps a second copy of the
+            weights while the model lives); ``False`` always runs the model itself.
 
     A callable target must score each row of a batch on its own (it sees masked copies of the samples).
     """
@@ -77,10 +82,12 @@ class ScoreCAM(BaseCAM):
         top_k: int | None = None,
         baseline: str | Tensor = "zeros",
         subtract_baseline: bool = True,
+        optimize: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
         self.batch_size = _check_batch_size(batch_size)
+        self.optimize = bool(optimize)
         if top_k is not None and (
             isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
         ):
@@ -136,17 +143,20 @@ class ScoreCAM(BaseCAM):
             need_base = bool((known & (value == 0) & keep[None]).any())
         else:
             need_base = False
+        # the forwards: (sample, step, channel) in this order, batched across samples
+        work = todo.permute(1, 0, 2).nonzero()  # (R, 3): sample, step, channel
+        forward = internal_forward(
+            self.model, ctx, optimize=self.optimize and work.shape[0] > 2 * self.batch_size
+        )
         base_img = None if isinstance(self.baseline, str) else self.baseline.to(x)
         y_base = torch.zeros(b, device=dev)
         if self.subtract_baseline or need_base:
             image = torch.zeros_like(x[:1]) if base_img is None else base_img.expand_as(x[:1])
-            out = self._forward(ctx, image)
+            out = forward(image)
             y_base = torch.stack([ctx.scores(out, i)[0] for i in range(b)]).to(dev)
             if std == 0:
                 zero = constant[None] & (scales[:, None, None] * ones[None].float() == 0)
                 scores = torch.where(zero, y_base[None, :, None], scores)
-        # the forwards: (sample, step, channel) in this order, batched across samples
-        work = todo.permute(1, 0, 2).nonzero()  # (R, 3): sample, step, channel
         gens = self._noise_generators(b, x.device) if std > 0 else None
         size = x.shape[2:]
         for start in range(0, work.shape[0], self.batch_size):
@@ -166,27 +176,12 @@ class ScoreCAM(BaseCAM):
             xin = x[rows.to(x.device)] * m
             if base_img is not None:
                 xin = xin + base_img * (1 - m)
-            out = self._forward(ctx, xin)
+            out = forward(xin)
             scores[step, rows, chan] = ctx.row_scores(out, rows).to(dev)
+        ctx.details["forward"] = forward.used
         scores = scores.repeat_interleave(counts.to(dev), dim=0)  # back to the N steps
         weights = maps.scorecam_weights(scores, y_base if self.subtract_baseline else 0.0)
         return torch.where(keep, weights, torch.zeros_like(weights))  # top_k: the rest weigh 0
-
-    def _forward(self, ctx: MapContext, xin: Tensor) -> Any:
-        """An internal forward, channels-last on the CPU where the model accepts it (decided once per call)."""
-        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(xin.ndim)
-        if fmt is None or xin.device.type != "cpu" or ctx.scratch.get("channels_last") is False:
-            return ctx.run(self.model, xin)
-        try:
-            out = ctx.run(self.model, xin.contiguous(memory_format=fmt))
-        except ModelError:
-            if ctx.scratch.get("channels_last"):
-                raise  # it worked before: this is a failure of the model, not of the layout
-            out = ctx.run(self.model, xin.contiguous())  # raises if the model fails anyway
-            ctx.scratch["channels_last"] = False
-            return out
-        ctx.scratch["channels_last"] = True
-        return out
 
 
 def _check_seed(seed: int) -> int:
