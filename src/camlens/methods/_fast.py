@@ -23,6 +23,7 @@ step). On the CPU, two things make those forwards much cheaper without changing 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import weakref
 from typing import Any
@@ -34,7 +35,7 @@ from camlens._structure import structure_key
 from camlens.methods._head import reproduces
 from camlens.methods.base import MapContext, ModelError
 
-__all__ = ["Forward", "internal_forward"]
+__all__ = ["MIN_POSITIONS", "MIN_ROWS", "Forward", "internal_forward"]
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Any, nn.Module | Exception]] = (
     weakref.WeakKeyDictionary()
@@ -113,7 +114,16 @@ class Forward:
         return out
 
 
-def internal_forward(model: nn.Module, ctx: MapContext, *, optimize: bool = True) -> Forward:
+#: The optimised copy is tried only for inputs of at least this many positions and for at least
+#: this many perturbed inputs per call: oneDNN's per-call set-up costs more than it saves on small
+#: images and short runs (a 16x16 toy model runs slower on it).
+MIN_POSITIONS = 64 * 64
+MIN_ROWS = 64
+
+
+def internal_forward(
+    model: nn.Module, ctx: MapContext, *, optimize: bool = True, rows: int | None = None
+) -> Forward:
     """The fastest faithful way to run ``model`` on perturbed copies of the call's inputs.
 
     Decided once per call (kept in ``ctx.scratch``); see the module docstring.
@@ -121,11 +131,15 @@ def internal_forward(model: nn.Module, ctx: MapContext, *, optimize: bool = True
     Args:
         model: the model being explained.
         ctx: the call's context (its input and output are the check of an optimised copy).
-        optimize: try the inference-optimised copy first.
+        optimize: try the inference-optimised copy first, when the work is large enough to pay
+            for it: inputs of at least :data:`MIN_POSITIONS` positions and ``rows`` (the number of
+            perturbed inputs the call will run) of at least :data:`MIN_ROWS`.
+        rows: how many perturbed inputs the call will run (``None``: many).
     """
-    key = f"internal-forward:{optimize}"
+    large = math.prod(ctx.x.shape[2:]) >= MIN_POSITIONS and (rows is None or rows >= MIN_ROWS)
+    key = f"internal-forward:{optimize and large}"
     if key not in ctx.scratch:
-        ctx.scratch[key] = _choose(model, ctx, optimize)
+        ctx.scratch[key] = _choose(model, ctx, optimize and large)
     forward: Forward = ctx.scratch[key]
     return forward
 

@@ -65,8 +65,9 @@ class ScoreCAM(BaseCAM):
             weight 0). An approximation that trades accuracy for speed; ``None`` (default) uses all.
         baseline: ``"zeros"`` or a tensor broadcastable to one input ``(C, *spatial)``.
         subtract_baseline: subtract the baseline image's score from each weight (default, as in CIC).
-        optimize: use the inference-optimised copy where it applies (it keeps a second copy of the
-            weights while the model lives); ``False`` always runs the model itself.
+        optimize: use the inference-optimised copy where it pays (see
+            :func:`camlens.methods._fast.internal_forward`; it keeps a second copy of the weights
+            while the model lives); ``False`` always runs the model itself.
 
     A callable target must score each row of a batch on its own (it sees masked copies of the samples).
     """
@@ -145,9 +146,7 @@ class ScoreCAM(BaseCAM):
             need_base = False
         # the forwards: (sample, step, channel) in this order, batched across samples
         work = todo.permute(1, 0, 2).nonzero()  # (R, 3): sample, step, channel
-        forward = internal_forward(
-            self.model, ctx, optimize=self.optimize and work.shape[0] > 2 * self.batch_size
-        )
+        forward = internal_forward(self.model, ctx, optimize=self.optimize, rows=work.shape[0])
         base_img = None if isinstance(self.baseline, str) else self.baseline.to(x)
         y_base = torch.zeros(b, device=dev)
         if self.subtract_baseline or need_base:
