@@ -619,16 +619,22 @@ def nmf(
     def error() -> float:
         return float((x - w @ h).norm()) / norm
 
+    tiny = torch.finfo(torch.float64).tiny
+
+    def nonneg(t: Tensor) -> Tensor:
+        # denormal values (below `tiny`) make every later operation slow: they are flushed to 0
+        return torch.where(t > tiny, t, torch.zeros_like(t))
+
     last = error()
     for sweep in range(1, iters + 1):
         wtv, wtw = w.T @ x, w.T @ w
         for j in range(rank):
             if wtw[j, j] > 0:
-                h[j] = (h[j] + (wtv[j] - wtw[j] @ h) / wtw[j, j]).clamp(min=0)
+                h[j] = nonneg(h[j] + (wtv[j] - wtw[j] @ h) / wtw[j, j])
         vht, hht = x @ h.T, h @ h.T
         for j in range(rank):
             if hht[j, j] > 0:
-                w[:, j] = (w[:, j] + (vht[:, j] - w @ hht[:, j]) / hht[j, j]).clamp(min=0)
+                w[:, j] = nonneg(w[:, j] + (vht[:, j] - w @ hht[:, j]) / hht[j, j])
         if sweep % 10 == 0 or sweep == iters:  # as scikit-learn, check every 10 sweeps
             now = error()
             done = last - now < tol * max(now, 1e-12)
@@ -717,31 +723,36 @@ def sliding_windows(length: int, step: int, window: int) -> list[int]:
     return starts
 
 
-def sess_fuse(pasted: Tensor, theta: float = 0.0, pool: str = "mean") -> Tensor:
+def sess_fuse(pasted: Tensor, theta: float = 0.0, pool: str = "mean", eps: float = 1e-6) -> Tensor:
     r"""SESS's fusion of patch maps pasted back on the image: a mean over the patches that cover a pixel.
 
     .. math:: M_i = \frac{\sum_p P_{p,i} \, [P_{p,i} > \theta]}{\sum_p [P_{p,i} > \theta]}
 
     (0 where no patch exceeds ``theta``), or ``max_p P_{p,i}`` with ``pool="max"``. Tursun et al.
-    2022 (https://arxiv.org/abs/2207.01769), as pytorch-grad-cam's ``_CAMFusion``.
+    2022 (https://arxiv.org/abs/2207.01769), as pytorch-grad-cam's ``_CAMFusion``. A value counts
+    when it exceeds ``theta`` by more than ``eps``: resizing a pasted patch leaves values of ~1e-8
+    where it should leave 0 (OpenCV's fixed-point resize rounds them to 0, torch's does not), and
+    with a strict ``> theta`` such float noise would change how many patches a pixel averages.
 
     Args:
-        pasted: ``(P, *spatial)`` weighted patch maps on the image's frame (0 outside each patch).
+        pasted: ``(P, *spatial)`` weighted patch maps on the image's frame (0 outside each patch), on
+            the ``[0, 1]`` scale.
         theta: values at or below it do not count in the mean.
         pool: ``"mean"`` or ``"max"``.
+        eps: the margin above ``theta`` (see above).
 
     Returns:
         ``(*spatial)``.
 
     Example:
-        >>> sess_fuse(torch.tensor([[0.5, 0.0, 1.0], [0.3, 0.4, 0.0]]))
+        >>> sess_fuse(torch.tensor([[0.5, 0.0, 1.0], [0.3, 0.4, 1e-9]]))
         tensor([0.4000, 0.4000, 1.0000])
     """
     if pool == "max":
         return pasted.amax(dim=0)
     if pool != "mean":
         raise ValueError(f"pool must be 'mean' or 'max', not {pool!r}")
-    counted = pasted > theta
+    counted = pasted > theta + eps
     total = torch.where(counted, pasted, torch.zeros_like(pasted)).sum(dim=0)
     count = counted.sum(dim=0)
     return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))

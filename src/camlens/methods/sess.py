@@ -53,9 +53,10 @@ class SESS(BaseCAM):
 
     The defaults are pytorch-grad-cam's ``SESS`` (the paper's): 12 scales from the window up in steps
     of 2/7 of it, non-overlapping windows, no pre-filtering, ``theta = 0``, mean fusion, an 11-wide
-    Gaussian with ``sigma = 5``, softmax scores, 32 patches per forward. As there, a patch's map is the
-    wrapped method's map min-max scaled at its layer's resolution and resized to the window; images
-    are resized by (bi)linear interpolation (antialiased in 2-D, like torchvision's ``resize``).
+    Gaussian with ``sigma = 5``, softmax scores, 32 patches per forward. A patch's map is the wrapped
+    method's ``maps`` (upsampled to the window, then scaled to ``[0, 1]``: what pytorch-grad-cam's
+    scale-resize-rescale amounts to); images are resized by (bi)linear interpolation (antialiased in
+    2-D, like torchvision's ``resize``).
 
     **Why a wrapper, not a registered method.** SESS is a recipe over *another* method: its identity
     is the pair (method, options), and a wrapper composes with every method, also ones registered
@@ -238,7 +239,6 @@ class SESS(BaseCAM):
         needed = keep.any(dim=0).reshape(-1).nonzero().flatten()
         patch_maps: list[dict[int, Tensor]] = [{} for _ in specs]
         layers = ""
-        window = patches.shape[2:]
         for start in range(0, len(needed), self.batch_size):
             idx = needed[start : start + self.batch_size]
             r = rows[idx]
@@ -251,7 +251,7 @@ class SESS(BaseCAM):
                 )
             for j, part in enumerate(results):
                 layers = part.layer
-                m = self._patch_map(part, window)
+                m = part.maps  # scaled to [0, 1] at the window's resolution
                 for t, i in enumerate(idx.tolist()):
                     patch_maps[j][i] = m[t]
         out = []
@@ -291,13 +291,6 @@ class SESS(BaseCAM):
         if res.classes is not None and not accepts_any_output([spec]):
             return ClassTarget(res.classes[rows.to(res.classes.device)])
         return spec
-
-    @staticmethod
-    def _patch_map(res: CAMResult, window: Sequence[int]) -> Tensor:
-        """The patch's map, min-max scaled at its layer's resolution, resized to the window."""
-        raws = res.raw_per_layer or {res.layer: res.raw}
-        stack = [maps.upsample(maps.normalize(r.float()), tuple(window)) for r in raws.values()]
-        return maps.normalize(torch.stack(stack).mean(0)) if len(stack) > 1 else stack[0]
 
     def _fuse(
         self,
