@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,6 +23,19 @@ import tv_cpu_shim  # noqa: E402,F401  (must precede any torchvision import)
 THREADS = os.environ.setdefault("CAMLENS_TEST_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", THREADS)
 torch.set_num_threads(int(THREADS))
+
+# Options that keep a costly method cheap in the tests that run every registered method on toy models
+# (SS-CAM and IS-CAM run many masked forwards per channel at their defaults); the methods' own tests
+# check their defaults, and every contract must hold whatever these values are.
+CHEAP: dict[str, dict[str, Any]] = {
+    "sscam": {"num_samples": 2, "std": 0.3, "top_k": 4},
+    "iscam": {"steps": 2, "top_k": 4},
+}
+
+
+def make(cls: type, model: nn.Module, **options: Any) -> Any:
+    """``cls(model, **options)``, with :data:`CHEAP` options under the given ones."""
+    return cls(model, **{**CHEAP.get(getattr(cls, "name", ""), {}), **options})
 
 
 class GapNet(nn.Module):

@@ -28,7 +28,7 @@ from torch import nn
 
 import camlens
 from camlens.reshape import to_spatial
-from conftest import MODELS, Block, GapNet, hook_count
+from conftest import MODELS, Block, GapNet, hook_count, make
 
 METHODS = list(camlens.METHODS.values())
 ids = [c.name for c in METHODS]
@@ -38,9 +38,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is all zero for samples")
 
 def build(cls: type, model: nn.Module, **options: Any) -> camlens.BaseCAM:
     """The method on ``model``: at ``features`` (GapNet's conv stack), or at its default layers
-    where that is not a layer it explains (input-space methods; the blocks of a transformer)."""
+    where that is not a layer it explains (input-space methods; the blocks of a transformer), with
+    the cheap options of ``conftest.CHEAP`` under the given ones."""
     explicit = cls.takes_layer and cls.model_kind == "any"
-    return cls(model, layer="features" if explicit else None, **options)
+    return make(cls, model, layer="features" if explicit else None, **options)  # type: ignore[no-any-return]
 
 
 def net_for(cls: type, mixin: type | None = None, **kwargs: Any) -> nn.Module:
@@ -155,7 +156,16 @@ NON_DEFAULT: dict[str, Any] = {
     "gamma": 0.5,
     "k": 1.0,
     "head": ("fc",),
+    "softmax": False,
+    "method": "layercam",
+    "alpha": 0.5,
+    "comparisons": [2, 0],
+    "weighting": "mean",
+    "steps": 3,
+    "optimize": False,
 }
+# Where two methods give one option name different meanings, their own non-default value.
+NON_DEFAULT_FOR: dict[str, dict[str, Any]] = {"reciprocam": {"kernel": "point"}}
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
@@ -166,7 +176,8 @@ def test_with_model_keeps_every_option(cls: type) -> None:
     missing = wanted - set(NON_DEFAULT)
     assert not missing, f"add a non-default value for {sorted(missing)} to NON_DEFAULT"
     net = net_for(cls)
-    cam = build(cls, net, **{k: NON_DEFAULT[k] for k in wanted})
+    values = {**NON_DEFAULT, **NON_DEFAULT_FOR.get(cls.name, {})}
+    cam = build(cls, net, **{k: values[k] for k in wanted})
     twin = copy.deepcopy(net)
     again = cam.with_model(twin)
     assert type(again) is cls and again.model is twin

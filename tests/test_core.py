@@ -11,7 +11,7 @@ from torch import nn
 
 import camlens
 from camlens import maps
-from conftest import MODELS, ConvHead, GapNet, hook_count, out_of_place_copy
+from conftest import MODELS, ConvHead, GapNet, hook_count, make, out_of_place_copy
 
 ALL = list(camlens.METHODS.values())
 GUIDED = [c for c in ALL if c.input_space]
@@ -185,7 +185,7 @@ def test_every_method_matches_reference_formula_from_full_autograd(
 ) -> None:
     if cls is camlens.CAM:
         pytest.skip("CAM needs a GAP head; covered by the identity tests")
-    if cls in (camlens.ScoreCAM, camlens.AblationCAM):
+    if cls in (camlens.ScoreCAM, camlens.SSCAM, camlens.ISCAM, camlens.AblationCAM):
         pytest.skip("perturbation methods have closed-form tests in test_family.py")
     if cls.input_space:
         pytest.skip("input-space methods have module-swap references in test_family.py")
@@ -234,6 +234,40 @@ def test_every_method_matches_reference_formula_from_full_autograd(
         ref = (w * a).sum(1)
     elif cls is camlens.EigenCAM:
         ref = maps.eigencam_map(a)
+    elif cls is camlens.FinerCAM:
+        # Grad-CAM of y^c - sum_d w_d y^d over the 3 other classes, w = their renormalised softmax
+        with torch.no_grad():
+            out = convhead(x)
+        others = torch.tensor([[0, 1, 3], [1, 2, 3]])
+        w = out.softmax(1).gather(1, others)
+        w = w / w.sum(1, keepdim=True)
+        g_obj = g.clone()
+        for j in range(3):
+            g_obj -= (
+                w[:, j, None, None, None]
+                * reference_acts_grads(convhead, convhead.body, x, others[:, j])[1]
+            )
+        ref = (g_obj.mean(spatial, keepdim=True) * a).sum(1)
+    elif cls is camlens.RandomCAM:
+        options = {"seed": 5}  # seed 0 happens to give this model an empty map
+        w = torch.rand(a.shape[1], generator=torch.Generator().manual_seed(5)) * 2 - 1
+        ref = (w[None, :, None, None] * a).sum(1)
+    elif cls is camlens.ReciproCAM:
+        # each position's channel vector alone, spread by the 3x3 binomial kernel, through the head
+        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
+        h, w_ = a.shape[2:]
+        ref = torch.zeros(2, h, w_)
+        for b in range(2):
+            for i in range(h):
+                for j in range(w_):
+                    m = torch.zeros(a.shape[1:])
+                    for di in (-1, 0, 1):
+                        for dj in (-1, 0, 1):
+                            if 0 <= i + di < h and 0 <= j + dj < w_:
+                                m[:, i + di, j + dj] = a[b, :, i, j] * kernel[di + 1, dj + 1]
+                    with torch.no_grad():
+                        p = convhead.head(m[None]).softmax(1)
+                    ref[b, i, j] = p[0, target[b]]
     else:
         pytest.fail(f"no reference for {cls.__name__}; add one")
     res = cls(convhead, layer="body", **options)(x, target=target)
@@ -251,7 +285,7 @@ def test_every_method_every_dimension(cls: type, dims: int) -> None:
     net = GapNet(dims=dims).eval()
     size = {1: 40, 2: 20, 3: 10}[dims]
     x = torch.rand(2, 3, *([size] * dims))
-    res = cls(net)(x, target=1)
+    res = make(cls, net)(x, target=1)
     assert res.layer == ("features" if cls.takes_layer else "input")
     assert res.maps.shape == (2, *([size] * dims)) and res.maps.dtype == torch.float32
     raw_size = size if cls.input_space or not cls.takes_layer else size // 2
@@ -267,9 +301,9 @@ def test_batched_equals_per_sample(cls: type, gapnet: GapNet) -> None:
     net = model_for(cls, gapnet)
     x = torch.rand(4, 3, 16, 16)
     target = [0, 3, 1, 4]
-    batch = cls(net, layer=layer_of(cls))(x, target=target)
+    batch = make(cls, net, layer=layer_of(cls))(x, target=target)
     for i in range(4):
-        one = cls(net, layer=layer_of(cls))(x[i : i + 1], target=target[i])
+        one = make(cls, net, layer=layer_of(cls))(x[i : i + 1], target=target[i])
         torch.testing.assert_close(batch.raw[i], one.raw[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(batch.maps[i], one.maps[0], rtol=1e-4, atol=1e-5)
 
@@ -329,10 +363,10 @@ def test_model_left_untouched(cls: type, gapnet: GapNet) -> None:
     before = hook_count(gapnet)
     for grad_mode in (False, True):
         with torch.set_grad_enabled(grad_mode):
-            cls(gapnet)(x, target=0)
+            make(cls, gapnet)(x, target=0)
             assert torch.is_grad_enabled() is grad_mode
     with torch.inference_mode():
-        cls(gapnet, layer=layer_of(cls))(x, target=0)
+        make(cls, gapnet, layer=layer_of(cls))(x, target=0)
     assert hook_count(gapnet) == before == 0
     assert not gapnet.training
     assert [p.requires_grad for p in gapnet.parameters()] == flags
@@ -454,7 +488,7 @@ def test_guided_methods_every_dimension_and_model_untouched(cls: type, dims: int
     net = GapNet(dims=dims).eval()
     size = {1: 40, 2: 20, 3: 10}[dims]
     x = torch.rand(2, 3, *([size] * dims))
-    res = cls(net)(x, target=[1, 2])
+    res = make(cls, net)(x, target=[1, 2])
     assert res.maps.shape == res.raw.shape == (2, *([size] * dims))
     assert res.input_maps is not None and res.input_maps.shape == (2, 3, *([size] * dims))
     torch.testing.assert_close(res.raw, res.input_maps.abs().amax(1))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from camlens import maps, targets, viz
+    from camlens import concepts, maps, targets, viz
     from camlens.capture import (
         LayerCapture,
         find_default_layer,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from camlens.methods import (
         CAM,
         METHODS,
+        SESS,
         AblationCAM,
         BaseCAM,
         EigenCAM,
@@ -70,6 +71,7 @@ _EXPORTS: dict[str, str] = {
             "LayerCAM",
             "MapContext",
             "ModelError",
+            "SESS",
             "ScoreCAM",
             "XGradCAM",
             "get_method",
@@ -87,6 +89,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["Explanation", "explain"], "camlens.pipeline"),
     **dict.fromkeys(["Gallery", "show"], "camlens.gallery"),
     **dict.fromkeys(["grid", "overlay"], "camlens.viz"),
+    "concepts": "camlens.concepts",
     "maps": "camlens.maps",
     "targets": "camlens.targets",
     "viz": "camlens.viz",
@@ -95,6 +98,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "CAM",
     "METHODS",
+    "SESS",
     "AblationCAM",
     "BaseCAM",
     "CAMResult",
@@ -116,6 +120,7 @@ __all__ = [
     "Preprocess",
     "ScoreCAM",
     "XGradCAM",
+    "concepts",
     "explain",
     "find_default_layer",
     "find_last_spatial_layer",

@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,24 +32,37 @@ __all__ = [
     "KPCA_KERNELS",
     "ablation_weights",
     "channel_weighted",
+    "deep_feature_factorization",
     "eigencam_map",
     "elementwise_terms",
     "fem_terms",
+    "finer_objective",
+    "finer_references",
     "fullgrad_bias_terms",
     "fullgrad_saliency",
+    "gaussian_blur",
     "gradcam_weights",
     "gradcampp_weights",
     "hirescam_map",
     "hirescam_terms",
     "input_saliency",
+    "iscam_scales",
     "kpca_map",
     "layercam_map",
     "layercam_terms",
     "legrad_relevance",
+    "nmf",
     "normalize",
     "product_fusion",
+    "random_weights",
+    "reciprocam_features",
+    "reciprocam_kernel",
+    "scorecam_masks",
     "scorecam_weights",
+    "sess_fuse",
+    "sess_scales",
     "shapleycam_weights",
+    "sliding_windows",
     "smooth_gradcampp_weights",
     "upsample",
     "weighted_sum",
@@ -561,16 +576,67 @@ def eigencam_map(acts: Tensor) -> Tensor:
     return (proj * sign).to(acts.dtype).reshape(b, *spatial)
 
 
-def scorecam_weights(masked_scores: Tensor, baseline_scores: Tensor | float = 0.0) -> Tensor:
-    r"""Score-CAM channel weights: each channel's increase of confidence (CIC).
+def scorecam_masks(acts: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:
+    r"""Score-CAM's masks: each activation map upsampled to the input and min-max scaled to ``[0, 1]``.
 
-    .. math:: w_k = y^c\big(X \odot H_k + B \odot (1 - H_k)\big) - y^c(B)
+    .. math:: H_k = \frac{U(A^k) - \min U(A^k)}{\max U(A^k) - \min U(A^k)}
 
-    where ``H_k`` is channel ``k`` upsampled to the input and min-max scaled to ``[0, 1]``, and ``B``
-    the baseline image. Wang et al. 2020, eq. 5 (https://arxiv.org/abs/1910.01279).
+    Wang et al. 2020, eq. 4 (https://arxiv.org/abs/1910.01279). ``U`` is :func:`upsample` (bilinear
+    with ``align_corners=False`` in 2-D) and the scaling :func:`normalize`: a constant map gives all
+    ones when positive and all zeros otherwise.
 
     Args:
-        masked_scores: ``(B, K)`` target scores on the masked inputs.
+        acts: ``(n, *spatial)`` activation maps (one channel each).
+        size: the input's spatial size.
+
+    Returns:
+        ``(n, *size)`` masks in ``[0, 1]``.
+
+    Example:
+        >>> scorecam_masks(torch.tensor([[0.0, 2.0], [3.0, 3.0]]), (4,))
+        tensor([[0.0000, 0.2500, 0.7500, 1.0000],
+                [1.0000, 1.0000, 1.0000, 1.0000]])
+    """
+    return normalize(upsample(acts, size))
+
+
+def iscam_scales(steps: int) -> Tensor:
+    r"""IS-CAM's integration points along the path from the baseline to the full mask: ``i / N``.
+
+    .. math:: w_k = \frac{1}{N} \sum_{i=1}^{N} \Big[y^c\big(X \odot \tfrac{i}{N} H_k + B \odot
+              (1 - \tfrac{i}{N} H_k)\big) - y^c(B)\Big]
+
+    Naidu et al. 2020, "IS-CAM: Integrated Score-CAM for axiomatic-based explanations"
+    (https://arxiv.org/abs/2010.03023): a Riemann sum of the score along the straight path from the
+    baseline (mask 0) to Score-CAM's masked input (mask ``H_k``), as in integrated gradients. One step
+    is Score-CAM.
+
+    Example:
+        >>> iscam_scales(4)
+        tensor([0.2500, 0.5000, 0.7500, 1.0000])
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    return torch.arange(1, steps + 1, dtype=torch.float32) / steps
+
+
+def scorecam_weights(masked_scores: Tensor, baseline_scores: Tensor | float = 0.0) -> Tensor:
+    r"""Score-CAM channel weights: each channel's increase of confidence (CIC), averaged over samples.
+
+    .. math:: w_k = \frac{1}{N} \sum_{j=1}^{N} y^c\big(X \odot M_{k,j} + B \odot (1 - M_{k,j})\big)
+              - y^c(B)
+
+    where ``B`` is the baseline image and ``M_{k,j}`` the ``j``-th perturbed mask of channel ``k``:
+
+    * Score-CAM (Wang et al. 2020, eq. 5, https://arxiv.org/abs/1910.01279): ``N = 1``,
+      ``M_k = H_k`` (:func:`scorecam_masks`);
+    * SS-CAM (Wang et al. 2020, https://arxiv.org/abs/2006.14255): ``M_{k,j} = H_k + \delta_j`` with
+      Gaussian noise :math:`\delta_j \sim \mathcal{N}(0, \sigma^2)` on every pixel;
+    * IS-CAM (Naidu et al. 2020): ``M_{k,i} = (i / N) H_k`` (:func:`iscam_scales`).
+
+    Args:
+        masked_scores: ``(B, K)`` target scores on the masked inputs, or ``(N, B, K)`` for ``N``
+            perturbed masks per channel (averaged).
         baseline_scores: ``(B,)`` target scores on the baseline image, or a number (0 gives the raw
             scores as weights).
 
@@ -580,9 +646,15 @@ def scorecam_weights(masked_scores: Tensor, baseline_scores: Tensor | float = 0.
     Example:
         >>> scorecam_weights(torch.tensor([[3.0, 1.0]]), torch.tensor([2.0]))
         tensor([[ 1., -1.]])
+        >>> scorecam_weights(torch.tensor([[[3.0, 1.0]], [[5.0, 1.0]]]), torch.tensor([2.0]))
+        tensor([[ 2., -1.]])
     """
+    if masked_scores.ndim == 3:
+        masked_scores = masked_scores.mean(dim=0)
     if masked_scores.ndim != 2:
-        raise ValueError(f"expected (B, K) masked scores, got {tuple(masked_scores.shape)}")
+        raise ValueError(
+            f"expected (B, K) or (N, B, K) masked scores, got {tuple(masked_scores.shape)}"
+        )
     base = torch.as_tensor(baseline_scores, dtype=masked_scores.dtype, device=masked_scores.device)
     return masked_scores - (base[:, None] if base.ndim == 1 else base)
 
@@ -611,6 +683,419 @@ def ablation_weights(scores: Tensor, ablated_scores: Tensor) -> Tensor:
         )
     denom = torch.where(scores != 0, scores, torch.ones_like(scores))[:, None]
     return (scores[:, None] - ablated_scores) / denom
+
+
+def reciprocam_kernel(ndim: int, kind: str = "gaussian") -> Tensor:
+    r"""The spatial kernel with which Recipro-CAM spreads a position's features to its neighbours.
+
+    ``"gaussian"``: the binomial kernel :math:`g = [\tfrac14, \tfrac12, \tfrac14]^{\otimes n}` on
+    ``n`` spatial axes (in 2-D the 3x3 filter ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` of the
+    authors' code); ``"point"``: the one-position kernel ``[1]`` (the plain spatial mask of the
+    paper's first version).
+
+    Example:
+        >>> reciprocam_kernel(2) * 16
+        tensor([[1., 2., 1.],
+                [2., 4., 2.],
+                [1., 2., 1.]])
+        >>> reciprocam_kernel(1, "point")
+        tensor([1.])
+    """
+    if kind == "point":
+        base = torch.ones(1)
+    elif kind == "gaussian":
+        base = torch.tensor([0.25, 0.5, 0.25])
+    else:
+        raise ValueError(f"kernel must be 'gaussian' or 'point', not {kind!r}")
+    if ndim not in (1, 2, 3):
+        raise ValueError(f"only 1, 2 or 3 spatial axes are supported, got {ndim}")
+    out = base
+    for _ in range(ndim - 1):
+        out = out[..., None] * base
+    return out
+
+
+def reciprocam_features(
+    acts: Tensor, rows: Tensor, positions: Tensor, kernel: Tensor | str = "gaussian"
+) -> Tensor:
+    r"""Recipro-CAM's spatially masked feature maps: one position's features, alone on the map.
+
+    For the position ``p`` the masked map keeps the channel vector :math:`A_{:,p}` and spreads it over
+    ``p``'s neighbourhood with the kernel ``g`` (:func:`reciprocam_kernel`); everything else is 0:
+
+    .. math:: M^{(p)}_{k,q} = A^k_p \; g(q - p)
+
+    (the kernel is cut at the border, not renormalised). Byun & Lee 2022, "Recipro-CAM: Fast
+    gradient-free visual explanations for convolutional neural networks"
+    (https://arxiv.org/abs/2209.14074); the head of the network scores each ``M^{(p)}`` and that
+    score is the map's value at ``p``.
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations.
+        rows: ``(n,)`` the sample of each masked map.
+        positions: ``(n,)`` flat (row-major) index of each map's position in ``spatial``.
+        kernel: an odd-sized kernel with one axis per spatial axis, or its name.
+
+    Returns:
+        ``(n, K, *spatial)``.
+
+    Example:
+        >>> A = torch.arange(1.0, 5.0).reshape(1, 1, 4)           # one channel, four positions
+        >>> reciprocam_features(A, torch.tensor([0, 0]), torch.tensor([0, 2]))
+        tensor([[[0.5000, 0.2500, 0.0000, 0.0000]],
+        <BLANKLINE>
+                [[0.0000, 0.7500, 1.5000, 0.7500]]])
+    """
+    if acts.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) activations, got {tuple(acts.shape)}")
+    spatial = tuple(acts.shape[2:])
+    g = reciprocam_kernel(len(spatial), kernel) if isinstance(kernel, str) else kernel
+    if g.ndim != len(spatial) or any(s % 2 == 0 for s in g.shape):
+        raise ValueError(f"kernel {tuple(g.shape)} must have one odd-sized axis per spatial axis")
+    n = positions.shape[0]
+    z = math.prod(spatial)
+    onehot = torch.zeros(n, z, dtype=acts.dtype, device=acts.device)
+    onehot.scatter_(1, positions.to(acts.device).long()[:, None], 1.0)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(spatial) - 1]
+    spread = conv(
+        onehot.reshape(n, 1, *spatial),
+        g.flip(tuple(range(g.ndim))).to(acts)[None, None],  # a true convolution: g(q - p)
+        padding=[s // 2 for s in g.shape],
+    )  # (n, 1, *spatial)
+    flat = acts.flatten(2)  # (B, K, Z)
+    centre = flat[rows.to(acts.device).long(), :, positions.to(acts.device).long()]  # (n, K)
+    return centre.reshape(n, -1, *([1] * len(spatial))) * spread
+
+
+def finer_references(logits: Tensor, classes: Tensor, n: int) -> Tensor:
+    r"""Finer-CAM's reference classes: the ``n`` classes whose scores are closest to the target's.
+
+    .. math:: d_1, \dots, d_n = \operatorname*{arg\,min}_{d \ne c} |y^d - y^c|
+
+    Zhang et al. 2025 (https://arxiv.org/abs/2501.11309): the classes the model finds most similar to
+    ``c`` for this image. The target itself is never a reference; ``n`` is capped at the number of
+    other classes; ties go to the lower class index.
+
+    Args:
+        logits: ``(B, C)`` scores.
+        classes: ``(B,)`` target classes.
+        n: how many references.
+
+    Returns:
+        ``(B, min(n, C - 1))`` class indices, closest first.
+
+    Example:
+        >>> finer_references(torch.tensor([[5.0, 4.5, 0.0, 6.0]]), torch.tensor([0]), 2)
+        tensor([[1, 3]])
+    """
+    if logits.ndim != 2 or classes.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected (B, C) logits and (B,) classes, got {tuple(logits.shape)} and {tuple(classes.shape)}"
+        )
+    if logits.shape[1] < 2:
+        raise ValueError("Finer-CAM needs at least two classes to compare")
+    y = logits.detach().double()
+    idx = classes.to(y.device).long()[:, None]
+    dist = (y - y.gather(1, idx)).abs().scatter(1, idx, float("inf"))
+    order = torch.sort(dist, dim=1, stable=True).indices
+    return order[:, : min(int(n), logits.shape[1] - 1)]
+
+
+def finer_objective(
+    logits: Tensor, classes: Tensor, references: Tensor, alpha: float, weights: Tensor | None = None
+) -> Tensor:
+    r"""Finer-CAM's objective: the target's score minus ``alpha`` times its references' scores.
+
+    .. math:: s = y^c - \alpha \sum_{j} \omega_j \, y^{d_j}, \qquad \sum_j \omega_j = 1
+
+    Zhang et al. 2025 (https://arxiv.org/abs/2501.11309): a CAM of ``s`` instead of ``y^c`` keeps
+    what tells ``c`` apart from the similar classes ``d_j`` and drops what they share. ``weights``
+    ``omega`` are constants (no gradient flows through them); ``None`` averages the references. A
+    reference equal to the target class gets weight 0 (the others are renormalised); a row whose
+    references are all the target gives ``y^c``.
+
+    Args:
+        logits: ``(B, C)`` scores (the gradient flows through them).
+        classes: ``(B,)`` target classes.
+        references: ``(B, n)`` reference classes.
+        alpha: the comparison strength (0 gives ``y^c``).
+        weights: ``(B, n)`` non-negative weights of the references, or ``None``.
+
+    Returns:
+        ``(B,)``.
+
+    Example:
+        >>> y = torch.tensor([[3.0, 1.0, 2.0]])
+        >>> finer_objective(y, torch.tensor([0]), torch.tensor([[1, 2]]), alpha=1.0)   # 3 - (1 + 2) / 2
+        tensor([1.5000])
+    """
+    if references.ndim != 2 or references.shape[0] != logits.shape[0]:
+        raise ValueError(f"expected (B, n) references, got {tuple(references.shape)}")
+    idx = classes.to(logits.device).long()
+    refs = references.to(logits.device).long()
+    w = torch.ones(refs.shape, device=logits.device) if weights is None else weights.detach()
+    w = w.to(logits.dtype) * (refs != idx[:, None]).to(logits.dtype)
+    total = w.sum(dim=1, keepdim=True)
+    w = torch.where(total > 0, w / torch.where(total > 0, total, torch.ones_like(total)), w)
+    target = logits.gather(1, idx[:, None]).squeeze(1)
+    return target - alpha * (w * logits.gather(1, refs)).sum(dim=1)
+
+
+def random_weights(k: int, generator: torch.Generator) -> Tensor:
+    r"""Random channel weights, uniform on ``[-1, 1)``: the weights of the RandomCAM baseline.
+
+    .. math:: w_k \sim \mathcal{U}(-1, 1)
+
+    As pytorch-grad-cam's ``RandomCAM``, drawn from ``generator`` (on its device) so that a seed
+    reproduces them.
+
+    Example:
+        >>> w = random_weights(4, torch.Generator().manual_seed(0))
+        >>> w.shape, bool((w >= -1).all() and (w < 1).all())
+        (torch.Size([4]), True)
+        >>> torch.equal(w, random_weights(4, torch.Generator().manual_seed(0)))
+        True
+    """
+    return torch.rand(k, generator=generator, device=generator.device) * 2 - 1
+
+
+def _nndsvda(v: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """NNDSVD initialisation (Boutsidis & Gallopoulos 2008), zeros filled with the mean of ``v``."""
+    u, sv, vt = torch.linalg.svd(v, full_matrices=False)
+    w = torch.zeros(v.shape[0], rank, dtype=v.dtype, device=v.device)
+    h = torch.zeros(rank, v.shape[1], dtype=v.dtype, device=v.device)
+    w[:, 0] = sv[0].sqrt() * u[:, 0].abs()
+    h[0] = sv[0].sqrt() * vt[0].abs()
+    for j in range(1, rank):
+        x, y = u[:, j], vt[j]
+        xp, xn, yp, yn = x.clamp(min=0), (-x).clamp(min=0), y.clamp(min=0), (-y).clamp(min=0)
+        pos = xp.norm() * yp.norm()
+        neg = xn.norm() * yn.norm()
+        a, b, sigma = (xp, yp, pos) if pos > neg else (xn, yn, neg)
+        scale = (sv[j] * sigma).sqrt()
+        w[:, j] = scale * a / a.norm().clamp(min=1e-300)
+        h[j] = scale * b / b.norm().clamp(min=1e-300)
+    mean = v.mean()
+    return torch.where(w == 0, mean, w), torch.where(h == 0, mean, h)
+
+
+def nmf(
+    v: Tensor, rank: int, *, iters: int = 200, tol: float = 1e-4
+) -> tuple[Tensor, Tensor, float]:
+    r"""Non-negative matrix factorisation :math:`V \approx W H` by hierarchical alternating least squares.
+
+    .. math:: \min_{W \ge 0,\, H \ge 0} \lVert V - W H \rVert_F^2
+
+    Each sweep updates every row of ``H``, then every column of ``W``, by its exact non-negative
+    least-squares solution with the others fixed (Cichocki & Phan 2009; the coordinate descent of
+    scikit-learn's default ``NMF`` solver). Initialised deterministically by NNDSVDa (Boutsidis &
+    Gallopoulos 2008), so no random state is involved. Stops after ``iters`` sweeps, or when ten
+    sweeps lower the relative error by less than ``tol`` of its value (scikit-learn's defaults: 200
+    and 1e-4, checked every 10 sweeps). Computed in float64.
+
+    Args:
+        v: ``(m, n)`` non-negative matrix.
+        rank: the number of components ``r`` (at most ``min(m, n)``).
+        iters: most sweeps.
+        tol: relative improvement below which it stops.
+
+    Returns:
+        ``W`` ``(m, r)``, ``H`` ``(r, n)`` (both ``>= 0``, in ``v``'s dtype) and the relative error
+        :math:`\lVert V - WH \rVert_F / \lVert V \rVert_F`.
+
+    Example:
+        >>> w0, h0 = torch.tensor([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]]), torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+        >>> w, h, err = nmf(w0 @ h0, 2)
+        >>> err < 1e-6, bool((w >= 0).all() and (h >= 0).all())
+        (True, True)
+    """
+    if v.ndim != 2:
+        raise ValueError(f"expected a (m, n) matrix, got {tuple(v.shape)}")
+    if bool((v < 0).any()) or not bool(torch.isfinite(v).all()):
+        raise ValueError("NMF needs a finite, non-negative matrix")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(v.shape):
+        raise ValueError(
+            f"rank must be an int in [1, {min(v.shape)}] for a {tuple(v.shape)} matrix"
+        )
+    x = v.double()
+    norm = float(x.norm())
+    if norm == 0:
+        return torch.zeros_like(v[:, :rank]), torch.zeros_like(v[:rank]), 0.0
+    w, h = _nndsvda(x, rank)
+
+    def error() -> float:
+        return float((x - w @ h).norm()) / norm
+
+    tiny = torch.finfo(torch.float64).tiny
+
+    def nonneg(t: Tensor) -> Tensor:
+        # denormal values (below `tiny`) make every later operation slow: they are flushed to 0
+        return torch.where(t > tiny, t, torch.zeros_like(t))
+
+    last = error()
+    for sweep in range(1, iters + 1):
+        wtv, wtw = w.T @ x, w.T @ w
+        for j in range(rank):
+            if wtw[j, j] > 0:
+                h[j] = nonneg(h[j] + (wtv[j] - wtw[j] @ h) / wtw[j, j])
+        vht, hht = x @ h.T, h @ h.T
+        for j in range(rank):
+            if hht[j, j] > 0:
+                w[:, j] = nonneg(w[:, j] + (vht[:, j] - w @ hht[:, j]) / hht[j, j])
+        if sweep % 10 == 0 or sweep == iters:  # as scikit-learn, check every 10 sweeps
+            now = error()
+            done = last - now < tol * max(now, 1e-12)
+            last = now
+            if done:
+                break
+    return w.to(v.dtype), h.to(v.dtype), error()
+
+
+def deep_feature_factorization(
+    acts: Tensor, n: int, *, iters: int = 200, tol: float = 1e-4
+) -> tuple[Tensor, Tensor, float]:
+    r"""Deep Feature Factorization: a layer's activations over a batch as ``n`` non-negative concepts.
+
+    All positions of all images are the columns of one matrix ``A`` ``(K, B * Z)``; each channel is
+    shifted to start at 0 (``o_k = \min A^k``, as pytorch-grad-cam's ``dff``) and factorised
+    (:func:`nmf`):
+
+    .. math:: A - o \mathbf{1}^\top \approx W H, \qquad W \in \mathbb{R}_{\ge 0}^{K \times n},
+              \; H \in \mathbb{R}_{\ge 0}^{n \times B Z}
+
+    Collins, Achanta & Süsstrunk 2018 (https://arxiv.org/abs/1806.10206). Column ``j`` of ``W`` (plus
+    the offset ``o``) is concept ``j``'s embedding in the layer's channel space; row ``j`` of ``H``,
+    reshaped, says where each image shows it.
+
+    Args:
+        acts: ``(B, K, *spatial)`` activations.
+        n: number of concepts.
+        iters, tol: see :func:`nmf`.
+
+    Returns:
+        ``concepts`` ``(K, n)`` (``W + o``), ``maps`` ``(B, n, *spatial)`` (``H``), and the relative
+        reconstruction error of the shifted activations,
+        :math:`\lVert (A - o) - W H \rVert_F / \lVert A - o \rVert_F`.
+
+    Example:
+        >>> A = torch.zeros(1, 3, 2, 2); A[0, 0, 0, 0] = A[0, 1, 0, 0] = 1.0; A[0, 2, 1, 1] = 2.0
+        >>> concepts, where, err = deep_feature_factorization(A, 2)
+        >>> concepts.shape, where.shape, err < 1e-6
+        (torch.Size([3, 2]), torch.Size([1, 2, 2, 2]), True)
+    """
+    if acts.ndim < 3:
+        raise ValueError(f"expected (B, K, *spatial) activations, got {tuple(acts.shape)}")
+    b, k = acts.shape[:2]
+    spatial = acts.shape[2:]
+    mat = acts.transpose(0, 1).reshape(k, -1)  # (K, B * Z)
+    mat = torch.nan_to_num(mat)
+    offset = mat.amin(dim=1, keepdim=True)
+    w, h, err = nmf(mat - offset, n, iters=iters, tol=tol)
+    where = h.reshape(n, b, *spatial).transpose(0, 1)
+    return w + offset, where, err
+
+
+def sess_scales(window: int, num: int = 12, step_ratio: float = 2.0 / 7.0) -> list[int]:
+    r"""SESS's image scales: shorter sides from the window size up, in steps of ``step_ratio * window``.
+
+    .. math:: s_i = w + i \cdot \mathrm{round}(r w), \qquad i = 0, \dots, N - 1
+
+    Tursun et al. 2022 (https://arxiv.org/abs/2207.01769): 224, 288, ..., 928 for a 224 window, as
+    pytorch-grad-cam's ``SESS``.
+
+    Example:
+        >>> sess_scales(224, 3)
+        [224, 288, 352]
+    """
+    step = round(window * step_ratio)
+    return [window + step * i for i in range(num)]
+
+
+def sliding_windows(length: int, step: int, window: int) -> list[int]:
+    """Start of each window along one axis of ``length``; the last one is shifted back inside.
+
+    As pytorch-grad-cam's ``window_starts``: every window has the full size, so the last may overlap
+    its neighbour.
+
+    Example:
+        >>> sliding_windows(10, 4, 4), sliding_windows(4, 4, 4)
+        ([0, 4, 6], [0])
+    """
+    starts: list[int] = []
+    for start in range(0, length, step):
+        if start + window >= length:
+            starts.append(max(length - window, 0))
+            break
+        starts.append(start)
+    return starts
+
+
+def sess_fuse(pasted: Tensor, theta: float = 0.0, pool: str = "mean", eps: float = 1e-6) -> Tensor:
+    r"""SESS's fusion of patch maps pasted back on the image: a mean over the patches that cover a pixel.
+
+    .. math:: M_i = \frac{\sum_p P_{p,i} \, [P_{p,i} > \theta]}{\sum_p [P_{p,i} > \theta]}
+
+    (0 where no patch exceeds ``theta``), or ``max_p P_{p,i}`` with ``pool="max"``. Tursun et al.
+    2022 (https://arxiv.org/abs/2207.01769), as pytorch-grad-cam's ``_CAMFusion``. A value counts
+    when it exceeds ``theta`` by more than ``eps``: resizing a pasted patch leaves values of ~1e-8
+    where it should leave 0 (OpenCV's fixed-point resize rounds them to 0, torch's does not), and
+    with a strict ``> theta`` such float noise would change how many patches a pixel averages.
+
+    Args:
+        pasted: ``(P, *spatial)`` weighted patch maps on the image's frame (0 outside each patch), on
+            the ``[0, 1]`` scale.
+        theta: values at or below it do not count in the mean.
+        pool: ``"mean"`` or ``"max"``.
+        eps: the margin above ``theta`` (see above).
+
+    Returns:
+        ``(*spatial)``.
+
+    Example:
+        >>> sess_fuse(torch.tensor([[0.5, 0.0, 1.0], [0.3, 0.4, 1e-9]]))
+        tensor([0.4000, 0.4000, 1.0000])
+    """
+    if pool == "max":
+        return pasted.amax(dim=0)
+    if pool != "mean":
+        raise ValueError(f"pool must be 'mean' or 'max', not {pool!r}")
+    counted = pasted > theta + eps
+    total = torch.where(counted, pasted, torch.zeros_like(pasted)).sum(dim=0)
+    count = counted.sum(dim=0)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+
+
+def gaussian_blur(maps: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
+    r"""Gaussian smoothing of ``(B, *spatial)`` maps, one separable pass per axis, borders reflected.
+
+    .. math:: g_j \propto \exp\!\Big(-\frac{(j - (k - 1)/2)^2}{2 \sigma^2}\Big), \quad \sum_j g_j = 1
+
+    As OpenCV's ``GaussianBlur`` (which pytorch-grad-cam's SESS applies with ``k = 11``,
+    ``sigma = 5``): the border is reflected without repeating the edge (``BORDER_REFLECT_101``). An
+    axis shorter than the kernel's half-width gets the kernel cut to fit (renormalised).
+
+    Example:
+        >>> m = torch.zeros(1, 5); m[0, 2] = 1.0
+        >>> gaussian_blur(m, 3, 1.0)
+        tensor([[0.0000, 0.2741, 0.4519, 0.2741, 0.0000]])
+    """
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    out = maps
+    for axis in range(1, maps.ndim):
+        n = maps.shape[axis]
+        half = min(kernel_size // 2, n - 1)
+        j = torch.arange(-half, half + 1, dtype=torch.float64)
+        g = torch.exp(-(j**2) / (2 * sigma**2))
+        g = (g / g.sum()).to(maps)
+        moved = out.movedim(axis, -1)
+        shape = moved.shape
+        flat = moved.reshape(-1, 1, n)
+        if half > 0:
+            flat = F.pad(flat, (half, half), mode="reflect")
+        flat = F.conv1d(flat, g.reshape(1, 1, -1))
+        out = flat.reshape(shape).movedim(-1, axis)
+    return out
 
 
 def input_saliency(attribution: Tensor) -> Tensor:

@@ -33,8 +33,10 @@ the automatic layer is chosen for each input shape and module tree
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -65,9 +67,26 @@ from camlens.targets import (
     top_k_targets,
 )
 
-__all__ = ["BaseCAM", "MapContext", "ModelError", "Observation"]
+__all__ = ["BaseCAM", "MapContext", "ModelError", "Observation", "quiet"]
 
 OutputSelector = str | int | Callable[[Any], Tensor] | None
+
+
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("camlens_quiet", default=False)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Calls of methods inside this block do not warn about empty maps (in this thread or task only).
+
+    For composite methods whose inner calls explain parts of an input (SESS's patches), where an
+    empty map of a part is expected and says nothing about the result.
+    """
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 class ModelError(RuntimeError):
@@ -173,6 +192,37 @@ class MapContext:
         selected = select_output(output, self.selector, passthrough=accepts_any_output([fn]))
         return resolve(fn, selected).scores.float()
 
+    def row_scores(self, output: Any, rows: Tensor, *, softmax: bool = False) -> Tensor:
+        """Each row of an internal forward's ``output`` scored for the target of its own sample.
+
+        Lets a method batch perturbed copies of *different* samples into one forward.
+
+        Args:
+            output: the model's output on ``N`` rows.
+            rows: ``(N,)`` the sample of the call's batch that each row is a copy of.
+            softmax: score class targets by their softmax probability instead of the logit (a
+                callable target always scores the output as it is).
+
+        Returns:
+            ``(N,)`` float scores.
+        """
+        classes = self.target.classes
+        if classes is None or accepts_any_output([self.spec]):
+            if not callable(self.spec):
+                raise ValueError("this method needs class targets or a callable target")
+            selected = select_output(
+                output, self.selector, passthrough=accepts_any_output([self.spec])
+            )
+            return resolve(self.spec, selected).scores.float()
+        selected = select_output(output, self.selector)
+        if not isinstance(selected, Tensor) or selected.ndim != 2:
+            raise ValueError(
+                f"class targets need (N, classes) scores, but the model's output gives {type(selected).__name__}"
+            )
+        scores = selected.float().softmax(dim=1) if softmax else selected.float()
+        idx = classes.to(scores.device)[rows.to(scores.device)]
+        return scores.gather(1, idx[:, None]).squeeze(1)
+
 
 class BaseCAM:
     """Base of all class-activation-map methods.
@@ -267,6 +317,16 @@ class BaseCAM:
         from camlens.maps import channel_weighted
 
         return channel_weighted(acts, self.weights(acts, grads, ctx))
+
+    def _objective(self, target: Resolved, output: Any, details: dict[str, Any]) -> Tensor:
+        """The ``(B,)`` scores whose gradient a gradient method takes; by default the target's scores.
+
+        A method that explains something other than the target's own score (Finer-CAM: the target's
+        score minus that of similar classes) returns it here, computed from ``output`` (the selected
+        output, part of the autograd graph), and may record its choices in ``details``. The result
+        still reports the target's own ``scores``.
+        """
+        return target.scores
 
     def _record_inputs(self, layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
         """Modules whose inputs the capture should also record (CAM's classifier)."""
@@ -517,8 +577,10 @@ class BaseCAM:
             grads: dict[str, Tensor] = {}
             g: dict[str, Tensor] = {}
             hvps: dict[str, Tensor] = {}
+            details: dict[str, Any] = {}
             if self.needs_grad:
-                score = -resolved.scores if counterfactual else resolved.scores
+                score = self._objective(resolved, logits, details)
+                score = -score if counterfactual else score
                 retain = i < len(specs) - 1
                 if self.needs_hvp:
                     g, hv = layer_gradients_and_hvp(score, obs.activations, retain_graph=retain)
@@ -528,7 +590,6 @@ class BaseCAM:
                 grads = {n: self._to_spatial(n, g[n], x).float() for n in names}
             raws: dict[str, Tensor] = {}
             attributions: dict[str, Tensor] = {}
-            details: dict[str, Any] = {}
             with paused():
                 for n in names:
                     ctx = MapContext(
@@ -656,6 +717,8 @@ class BaseCAM:
         )
 
     def _warn_empty(self, raws: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
+        if _QUIET.get():
+            return
         for n, r in raws.items():
             empty = r.reshape(r.shape[0], -1).amax(dim=1) <= 0
             if not bool(empty.any()):

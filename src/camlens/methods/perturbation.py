@@ -1,4 +1,4 @@
-"""Methods that weigh channels by perturbing the model: Score-CAM and Ablation-CAM.
+"""Methods that weigh channels by perturbing the model: Score-CAM (and SS-CAM, IS-CAM), Ablation-CAM.
 
 Their extra forwards run inside :func:`camlens.capture.paused` and under inference mode (through
 :meth:`MapContext.run`), so no capture records them and no autograd graph is built; a model that fails
@@ -7,22 +7,19 @@ in one of them raises the same :class:`~camlens.methods.base.ModelError` as in t
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.fx
 from torch import Tensor, nn
 
 from camlens import maps
-from camlens._structure import structure_key
-from camlens.capture import LayerSpec, paused, substitute_output
-from camlens.methods.base import BaseCAM, MapContext, model_error, run_model
+from camlens.capture import LayerSpec
+from camlens.methods._fast import internal_forward
+from camlens.methods._head import check_split, head_runner
+from camlens.methods.base import BaseCAM, MapContext
 from camlens.methods.registry import register
 
-__all__ = ["AblationCAM", "ScoreCAM"]
+__all__ = ["ISCAM", "SSCAM", "AblationCAM", "ScoreCAM"]
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -37,20 +34,30 @@ def _check_batch_size(batch_size: int) -> int:
 class ScoreCAM(BaseCAM):
     r"""Score-CAM (Wang et al., CVPR-W 2020, https://arxiv.org/abs/1910.01279).
 
-    Each activation channel, upsampled to the input and min-max normalised to ``[0, 1]``, masks the
-    input; the channel's weight is its increase of confidence (the paper's CIC, eq. 5): the target's
-    score on the masked input minus its score on the baseline image ``B``
-    (:func:`camlens.maps.scorecam_weights`):
+    Each activation channel, upsampled to the input and min-max normalised to ``[0, 1]``
+    (:func:`camlens.maps.scorecam_masks`), masks the input; the channel's weight is its increase of
+    confidence (the paper's CIC, eq. 5): the target's score on the masked input minus its score on the
+    baseline image ``B`` (:func:`camlens.maps.scorecam_weights`):
 
     .. math:: w_k = y^c\big(X \odot H_k + B \odot (1 - H_k)\big) - y^c(B), \qquad
               L = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big)
 
-    ``y^c`` is the softmax-free score (the logit for class targets), as for every camlens method; the
-    softmax of the paper's code is not applied. The baseline ``B`` is the all-zeros image by default
-    (masked-out pixels are set to 0, as in the paper); ``subtract_baseline=False`` uses the raw scores
-    ``y^c(X \odot H_k + ...)`` instead. The masked inputs run batched under inference mode. A channel
-    whose mask is constant needs no forward: an all-ones mask leaves the input as it is (its score is
-    the target's own score) and an all-zeros mask gives the baseline; both are filled in exactly.
+    ``y^c`` is the softmax-free score (the logit for class targets), as for every camlens method.
+    pytorch-grad-cam and torchcam apply a softmax over the channels' scores instead (``w =
+    softmax_k(y^c(X \odot H_k))``; the baseline term cancels in a softmax), which squashes the weights
+    of all but the few best channels to ~0 and makes them depend on the logits' scale; camlens keeps
+    the paper's CIC. The tests compare the two through that softmax, on masks that both libraries
+    build alike. The baseline ``B`` is the all-zeros image by default (masked-out pixels are set to 0,
+    as in the paper); ``subtract_baseline=False`` uses the raw scores ``y^c(X \odot H_k + ...)``.
+
+    How it runs: the masked inputs of all samples of the batch are batched together (``batch_size``
+    per forward) under inference mode, with capture paused. On the CPU they run on an
+    inference-optimised copy of the model (batch norms folded into the convolutions, oneDNN layouts;
+    :mod:`camlens.methods._fast`) where fx can build one that reproduces the model's output on the
+    call's input, else channels-last; ``result.details["forward"]`` says which (``"optimized"``,
+    ``"channels-last"`` or ``"model"``). The baseline image runs once per call. A channel whose mask
+    is constant needs no forward: an all-ones mask leaves the input as it is (its score is the
+    target's own score) and an all-zeros mask gives the baseline; both are filled in exactly.
 
     Args:
         batch_size: masked inputs per forward pass; bounds memory.
@@ -58,8 +65,11 @@ class ScoreCAM(BaseCAM):
             weight 0). An approximation that trades accuracy for speed; ``None`` (default) uses all.
         baseline: ``"zeros"`` or a tensor broadcastable to one input ``(C, *spatial)``.
         subtract_baseline: subtract the baseline image's score from each weight (default, as in CIC).
+        optimize: use the inference-optimised copy where it pays (see
+            :func:`camlens.methods._fast.internal_forward`; it keeps a second copy of the weights
+            while the model lives); ``False`` always runs the model itself.
 
-    A callable target must score each row of a batch on its own (it sees copies of one sample).
+    A callable target must score each row of a batch on its own (it sees masked copies of the samples).
     """
 
     needs_grad = False
@@ -73,10 +83,12 @@ class ScoreCAM(BaseCAM):
         top_k: int | None = None,
         baseline: str | Tensor = "zeros",
         subtract_baseline: bool = True,
+        optimize: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
         self.batch_size = _check_batch_size(batch_size)
+        self.optimize = bool(optimize)
         if top_k is not None and (
             isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
         ):
@@ -87,118 +99,178 @@ class ScoreCAM(BaseCAM):
         self.baseline = baseline
         self.subtract_baseline = bool(subtract_baseline)
 
+    # ---- what the variants (SS-CAM, IS-CAM) change --------------------------------------------------
+    def _steps(self) -> tuple[Tensor, float]:
+        """The perturbed masks of each channel: ``scale_j * H_k + std * noise``; ``(N,)`` scales, std."""
+        return torch.ones(1), 0.0
+
+    def _noise_generators(self, b: int, device: torch.device) -> list[torch.Generator] | None:
+        """One generator per sample for the masks' noise (``None``: no noise)."""
+        return None
+
+    # ---- the common engine ---------------------------------------------------------------------------
     def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         x = ctx.x
         b, k = acts.shape[:2]
+        dev = acts.device
         if self.top_k is not None and self.top_k > k:
             raise ValueError(
                 f"top_k={self.top_k} is larger than the {k} channels of layer {ctx.layer!r}; use 1 to {k}"
             )
+        keep = torch.ones(b, k, dtype=torch.bool, device=dev)
+        if self.top_k is not None:
+            keep = torch.zeros_like(keep)
+            keep.scatter_(1, acts.flatten(2).mean(2).topk(self.top_k, dim=1).indices, True)
+        scales, std = self._steps()
+        scales = scales.to(dev)
+        # identical noise-free steps give identical scores: run each distinct scale once
+        if std == 0:
+            scales, counts = torch.unique(scales, return_counts=True)
+        else:
+            counts = torch.ones_like(scales, dtype=torch.long)
+        n_steps = scales.shape[0]
+        # a constant mask is all ones (positive value) or all zeros (see maps.normalize)
+        flat = acts.flatten(2)
+        constant = flat.amax(2) == flat.amin(2)
+        ones = constant & (flat[:, :, 0] > 0)
+        y_x = ctx.target.scores.detach().float().to(dev)
+        scores = torch.zeros(n_steps, b, k, device=dev)
+        todo = keep[None].expand(n_steps, b, k).clone()
+        if std == 0:  # the scores of constant masks at scale 0 or 1 are known without a forward
+            value = scales[:, None, None] * ones[None].float()  # the mask's constant value
+            known = constant[None] & ((value == 0) | (value == 1))
+            todo &= ~known
+            scores = torch.where(value == 1, y_x[None, :, None], scores)
+            need_base = bool((known & (value == 0) & keep[None]).any())
+        else:
+            need_base = False
+        # the forwards: (sample, step, channel) in this order, batched across samples
+        work = todo.permute(1, 0, 2).nonzero()  # (R, 3): sample, step, channel
+        forward = internal_forward(self.model, ctx, optimize=self.optimize, rows=work.shape[0])
+        base_img = None if isinstance(self.baseline, str) else self.baseline.to(x)
+        y_base = torch.zeros(b, device=dev)
+        if self.subtract_baseline or need_base:
+            image = torch.zeros_like(x[:1]) if base_img is None else base_img.expand_as(x[:1])
+            out = forward(image)
+            y_base = torch.stack([ctx.scores(out, i)[0] for i in range(b)]).to(dev)
+            if std == 0:
+                zero = constant[None] & (scales[:, None, None] * ones[None].float() == 0)
+                scores = torch.where(zero, y_base[None, :, None], scores)
+        gens = self._noise_generators(b, x.device) if std > 0 else None
         size = x.shape[2:]
-        base = None if isinstance(self.baseline, str) else self.baseline.to(x)
-        masked = torch.zeros(b, k, device=acts.device)
-        base_scores = torch.zeros(b, device=acts.device)
-        keep = torch.zeros(b, k, dtype=torch.bool, device=acts.device)
-        for i in range(b):
-            xi = x[i : i + 1]
-            baseline_image = torch.zeros_like(xi) if base is None else base.expand_as(xi)
-            chans = torch.arange(k, device=acts.device)
-            if self.top_k is not None:
-                chans = acts[i].flatten(1).mean(1).topk(self.top_k).indices
-            keep[i, chans] = True
-            mask = maps.normalize(maps.upsample(acts[i, chans], size)).to(x.dtype)
-            flat = mask.flatten(1)
-            constant = flat.amax(1) == flat.amin(1)
-            ones = constant & (flat[:, 0] > 0)
-            zeros = constant & ~ones
-            # an all-ones mask leaves the input as it is; an all-zeros mask gives the baseline image
-            masked[i, chans[ones]] = ctx.target.scores[i].detach().float().to(acts.device)
-            if self.subtract_baseline or bool(zeros.any()):
-                y_base = ctx.scores(ctx.run(self.model, baseline_image), i)[0].to(acts.device)
-                masked[i, chans[zeros]] = y_base
-                if self.subtract_baseline:
-                    base_scores[i] = y_base
-            todo = (~constant).nonzero().flatten()
-            for start in range(0, len(todo), self.batch_size):
-                idx = todo[start : start + self.batch_size]
-                m = mask[idx].unsqueeze(1)
-                xin = xi * m if base is None else xi * m + baseline_image * (1 - m)
-                masked[i, chans[idx]] = ctx.scores(ctx.run(self.model, xin), i).to(acts.device)
-        weights = maps.scorecam_weights(masked, base_scores)
+        for start in range(0, work.shape[0], self.batch_size):
+            chunk = work[start : start + self.batch_size]
+            rows, step, chan = chunk[:, 0], chunk[:, 1], chunk[:, 2]
+            masks = maps.scorecam_masks(acts[rows, chan], size)
+            masks = masks * scales[step].reshape(-1, *([1] * len(size)))
+            if gens is not None:
+                noise = torch.stack(
+                    [
+                        torch.randn(size, generator=gens[int(r)], device=x.device)
+                        for r in rows.tolist()
+                    ]
+                )
+                masks = masks + std * noise.to(masks)
+            m = masks.unsqueeze(1).to(x.dtype)
+            xin = x[rows.to(x.device)] * m
+            if base_img is not None:
+                xin = xin + base_img * (1 - m)
+            out = forward(xin)
+            scores[step, rows, chan] = ctx.row_scores(out, rows).to(dev)
+        ctx.details["forward"] = forward.used
+        scores = scores.repeat_interleave(counts.to(dev), dim=0)  # back to the N steps
+        weights = maps.scorecam_weights(scores, y_base if self.subtract_baseline else 0.0)
         return torch.where(keep, weights, torch.zeros_like(weights))  # top_k: the rest weigh 0
 
 
-class _HeadSplit:
-    """The model cut at a layer with torch.fx: ``prefix(x)`` computes everything the rest needs,
-    ``head(*values)`` the rest. Only the head runs again on ablated activations."""
-
-    def __init__(self, model: nn.Module, layer: str) -> None:
-        class _Tracer(torch.fx.Tracer):
-            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-                return qualname == layer or super().is_leaf_module(m, qualname)
-
-        tracer = _Tracer()
-        graph = tracer.trace(model)
-        nodes = list(graph.nodes)
-        hits = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == layer]
-        if len(hits) != 1:
-            raise ValueError(f"layer {layer!r} is called {len(hits)} times in the traced graph")
-        cut = hits[0]
-        pre = set(nodes[: cut + 1])
-        needed: list[torch.fx.Node] = [nodes[cut]]
-        for n in nodes[cut + 1 :]:
-            for inp in n.all_input_nodes:
-                if inp in pre and inp not in needed and inp.op != "get_attr":
-                    needed.append(inp)
-        # prefix: the original graph up to the cut, returning the needed values
-        prefix = torch.fx.Graph()
-        env: dict[torch.fx.Node, torch.fx.Node] = {}
-        for n in nodes[: cut + 1]:
-            env[n] = prefix.node_copy(n, lambda a: env[a])
-        prefix.output(tuple(env[n] for n in needed))
-        # head: placeholders for the needed values, then the rest of the graph
-        head = torch.fx.Graph()
-        env2: dict[torch.fx.Node, torch.fx.Node] = {}
-        for j, n in enumerate(needed):
-            env2[n] = head.placeholder(f"cut_{j}")
-        for n in nodes[cut + 1 :]:
-            for inp in n.all_input_nodes:
-                if inp not in env2 and inp.op == "get_attr":
-                    env2[inp] = head.node_copy(inp, lambda a: env2[a])
-            env2[n] = head.node_copy(n, lambda a: env2[a])
-        self.prefix = torch.fx.GraphModule(tracer.root, prefix)
-        self.head = torch.fx.GraphModule(tracer.root, head)
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, not {seed!r}")
+    return seed
 
 
-# Traced splits, per model, under (layer, module tree). A split is only a candidate: every call checks
-# it against the live model (AblationCAM._head) before using it.
-_SPLITS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _HeadSplit | Exception]] = (
-    weakref.WeakKeyDictionary()
-)
-_SPLITS_LOCK = threading.Lock()
+@register("sscam", aliases=("ss-cam", "smoothed-scorecam"))
+class SSCAM(ScoreCAM):
+    r"""SS-CAM, Smoothed Score-CAM (Wang et al. 2020, https://arxiv.org/abs/2006.14255).
+
+    Score-CAM whose channel weights average the increase of confidence over ``num_samples`` masks with
+    Gaussian noise added to every pixel (the paper's SS-CAM(M), as torchcam's ``SSCAM``):
+
+    .. math:: w_k = \frac{1}{N} \sum_{j=1}^{N} y^c\big(X \odot (H_k + \delta_j) + B \odot
+              (1 - H_k - \delta_j)\big) - y^c(B), \qquad \delta_j \sim \mathcal{N}(0, \sigma^2)
+
+    (:func:`camlens.maps.scorecam_weights`). Defaults are torchcam's (``num_samples=35``,
+    ``std=2.0``); torchcam then applies a softmax over the channels, camlens keeps the CIC in logits
+    (see :class:`ScoreCAM`). ``std=0`` gives Score-CAM exactly (and costs no more than it).
+
+    The noise is reproducible: each sample draws it from its own ``torch.Generator`` seeded with
+    ``seed``, one ``(*input_spatial)`` draw per (step, channel) in that order, so a batch equals its
+    samples alone, and threads cannot disturb each other. It costs ``num_samples`` times Score-CAM.
+
+    Args:
+        num_samples: noisy masks per channel (the paper's ``N``).
+        std: standard deviation of the noise, on the ``[0, 1]`` scale of the masks.
+        seed: seed of the noise generators.
+        **kwargs: Score-CAM's options (``batch_size``, ``top_k``, ``baseline``, ``subtract_baseline``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        *,
+        num_samples: int = 35,
+        std: float = 2.0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, layer, **kwargs)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        if isinstance(std, bool) or not isinstance(std, int | float) or not std >= 0:
+            raise ValueError(f"std must be a number >= 0, got {std!r}")
+        self.num_samples = num_samples
+        self.std = float(std)
+        self.seed = _check_seed(seed)
+
+    def _steps(self) -> tuple[Tensor, float]:
+        return torch.ones(self.num_samples), self.std
+
+    def _noise_generators(self, b: int, device: torch.device) -> list[torch.Generator] | None:
+        return [torch.Generator(device=device).manual_seed(self.seed) for _ in range(b)]
 
 
-def _traced_split(model: nn.Module, layer: str, *, fresh: bool = False) -> _HeadSplit:
-    """A torch.fx split of ``model`` at ``layer``, from the cache unless ``fresh``; raises if fx fails."""
-    key = (layer, structure_key(model))
-    with _SPLITS_LOCK:
-        known = None if fresh else _SPLITS.get(model, {}).get(key)
-    if known is None:
-        try:
-            known = _HeadSplit(model, layer)
-        except Exception as e:  # fx cannot trace every model
-            known = e
-        with _SPLITS_LOCK:
-            per_model = _SPLITS.setdefault(model, {})
-            if len(per_model) > 16:
-                per_model.clear()
-            per_model[key] = known
-    if isinstance(known, Exception):
-        raise known
-    return known
+@register("iscam", aliases=("is-cam", "integrated-scorecam"))
+class ISCAM(ScoreCAM):
+    r"""IS-CAM, Integrated Score-CAM (Naidu et al. 2020, https://arxiv.org/abs/2010.03023).
 
+    Score-CAM whose channel weights integrate the increase of confidence along the straight path from
+    the baseline to the masked input, with ``steps`` points ``i / N`` (a Riemann sum, as in integrated
+    gradients; :func:`camlens.maps.iscam_scales`):
 
-HeadRunner = Callable[[int, Tensor], Any]
+    .. math:: w_k = \frac{1}{N} \sum_{i=1}^{N} \Big[y^c\big(X \odot \tfrac{i}{N} H_k + B \odot
+              (1 - \tfrac{i}{N} H_k)\big) - y^c(B)\Big]
+
+    One step is Score-CAM exactly. The default ``steps=10`` is torchcam's ``num_samples``. torchcam's
+    ``ISCAM`` scales the ``i``-th mask by the cumulative sum ``\sum_{j \le i} j / N`` (up to
+    ``(N + 1) / 2``: inputs brighter than the image, off the path) and applies a softmax over the
+    channels; camlens follows the integration and keeps the CIC in logits. The two agree at one step,
+    through the softmax.
+
+    Args:
+        steps: integration points (the paper's ``N``).
+        **kwargs: Score-CAM's options (``batch_size``, ``top_k``, ``baseline``, ``subtract_baseline``).
+    """
+
+    def __init__(
+        self, model: nn.Module, layer: LayerSpec = None, *, steps: int = 10, **kwargs: Any
+    ) -> None:
+        super().__init__(model, layer, **kwargs)
+        maps.iscam_scales(steps)  # validates
+        self.steps = steps
+
+    def _steps(self) -> tuple[Tensor, float]:
+        return maps.iscam_scales(self.steps), 0.0
 
 
 @register("ablationcam", aliases=("ablation-cam",))
@@ -238,9 +310,7 @@ class AblationCAM(BaseCAM):
     ) -> None:
         super().__init__(model, layer, **kwargs)
         self.batch_size = _check_batch_size(batch_size)
-        if split not in ("auto", "fx", "hook"):
-            raise ValueError(f"split must be 'auto', 'fx' or 'hook', not {split!r}")
-        self.split = split
+        self.split = check_split(split)
 
     def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         b, k = acts.shape[:2]
@@ -253,7 +323,7 @@ class AblationCAM(BaseCAM):
             raise ValueError(
                 f"cannot find the {k} channels in layer {ctx.layer!r}'s output {tuple(act.shape)}"
             )
-        run_head = self._head(ctx)
+        run_head = head_runner(self.model, ctx, self.split)
         eye = torch.eye(k, device=act.device, dtype=torch.bool)
         ablated_scores = torch.zeros(b, k, device=acts.device)
         for i in range(b):
@@ -264,91 +334,3 @@ class AblationCAM(BaseCAM):
                 out = run_head(i, ablated)
                 ablated_scores[i, start : start + n] = ctx.scores(out, i).to(acts.device)
         return maps.ablation_weights(ctx.target.scores.detach().float(), ablated_scores)
-
-    # ---- running the head ------------------------------------------------------------------------
-    def _head(self, ctx: MapContext) -> HeadRunner:
-        """How to run the model after ``ctx.layer`` on ablated activations, decided once per call."""
-        key = f"ablation-head:{ctx.layer}"
-        if key not in ctx.scratch:
-            runner, used = self._choose_head(ctx)
-            ctx.scratch[key] = (runner, used)
-        runner, used = ctx.scratch[key]
-        ctx.details["split"] = used
-        return runner
-
-    def _choose_head(self, ctx: MapContext) -> tuple[HeadRunner, str]:
-        if self.split != "hook":
-            problem = "torch.fx could not trace the model"
-            for fresh in (False, True):
-                try:
-                    split = _traced_split(self.model, ctx.layer, fresh=fresh)
-                except Exception as e:
-                    problem = f"torch.fx could not split the model at {ctx.layer!r}: {e}"
-                    break
-                runner = self._verified_fx(split, ctx)
-                if runner is not None:
-                    return runner, "fx"
-                problem = (
-                    f"torch.fx's split at {ctx.layer!r} does not reproduce the model's output (a "
-                    "forward hook, a pre-hook or a flag read in forward that the trace cannot see)"
-                )
-            if self.split == "fx":
-                raise ValueError(f"{problem}; use split='hook' or split='auto'")
-        return self._hook_runner(ctx), "hook"
-
-    def _verified_fx(self, split: _HeadSplit, ctx: MapContext) -> HeadRunner | None:
-        """A runner on ``split``'s head if head(prefix(x)) equals the model's own output, else None."""
-        x = ctx.x
-        try:
-            with paused(), torch.inference_mode():
-                values = split.prefix(x)
-                out = split.head(*values)
-            got = torch.stack([ctx.scores(out, i)[i] for i in range(x.shape[0])])
-        except Exception:
-            return None
-        want = ctx.target.scores.detach().float().to(got.device)
-        if got.shape != want.shape or not torch.allclose(
-            got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-6
-        ):
-            return None
-        selected = ctx.output
-        if isinstance(selected, Tensor):  # the whole output, not just this target's score
-            from camlens.targets import select_output
-
-            mine = select_output(out, ctx.selector, passthrough=False)
-            if not isinstance(mine, Tensor) or mine.shape != selected.shape:
-                return None
-            ref = selected.detach().float()
-            if not torch.allclose(
-                mine.float(), ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()) + 1e-6
-            ):
-                return None
-        batch = x.shape[0]
-
-        def run(i: int, ablated: Tensor) -> Any:
-            n = ablated.shape[0]
-            rest = [
-                v[i : i + 1].expand(n, *v.shape[1:]).contiguous()
-                if isinstance(v, Tensor) and v.ndim and v.shape[0] == batch
-                else v
-                for v in values[1:]
-            ]
-            try:
-                with paused(), torch.inference_mode():
-                    return split.head(ablated, *rest)
-            except Exception as e:
-                raise model_error(ablated, e) from e
-
-        return run
-
-    def _hook_runner(self, ctx: MapContext) -> HeadRunner:
-        module = self.model.get_submodule(ctx.layer)
-        x = ctx.x
-
-        def run(i: int, ablated: Tensor) -> Any:
-            n = ablated.shape[0]
-            # the substitution's own scope is the active one: no other capture records this forward
-            with substitute_output(module, ablated), torch.inference_mode():
-                return run_model(self.model, x[i : i + 1].expand(n, *x.shape[1:]))
-
-        return run

@@ -79,10 +79,15 @@ def _batch(lm: LoadedModel, images: torch.Tensor, names: list[str]) -> ImageBatc
     return ImageBatch(x, views, originals, list(geo), names, lm.preprocess)
 
 
+#: How the demo marks a method made for another kind of model than the demo CNN.
+NOT_FOR = "only for"
+
+
 def _run_methods(
     names: list[str], lm: LoadedModel, batch: ImageBatch, quiet: bool
 ) -> dict[str, Explanation | str]:
     """Each method's explanation of the batch, or its error (a method that fails does not end the demo)."""
+    from camlens.methods import get_method
     from camlens.pipeline import TargetChoice, build_method, explain_batch
 
     out: dict[str, Explanation | str] = {}
@@ -91,6 +96,13 @@ def _run_methods(
             try:
                 cams = {m: build_method(m, lm.model)}
                 out[m] = explain_batch(lm, cams, batch, TargetChoice())
+            except ValueError as exc:
+                kind = getattr(get_method(m), "model_kind", "any")
+                if kind == "any":  # a method for any model failed: say so
+                    warn(f"{m} failed on the demo model: {type(exc).__name__}: {one_line(exc)}")
+                    out[m] = one_line(exc)
+                else:  # a method for another kind of model (LeGrad: transformers) does not apply
+                    out[m] = f"{NOT_FOR} {kind} models"
             except Exception as exc:
                 warn(f"{m} failed on the demo model: {type(exc).__name__}: {one_line(exc)}")
                 out[m] = one_line(exc)
@@ -112,7 +124,7 @@ def _summary(m: str, got: Explanation | str, energy: list[float], n: int) -> Sum
     from camlens.report import SummaryRow
 
     if isinstance(got, str):
-        return SummaryRow(m, "", None, None, f"failed: {got}")
+        return SummaryRow(m, "", None, None, got if got.startswith(NOT_FOR) else f"failed: {got}")
     vals = [e for e in energy if math.isfinite(e)]
     mean = sum(vals) / len(vals) if vals else None
     layer = got.results[m][0].layer
@@ -207,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
         for srow in summary:
             energy_text = f"{srow.mean_energy:.3f}" if srow.mean_energy is not None else "–"
             ms = f"{srow.ms_per_image:.1f}" if srow.ms_per_image is not None else "failed"
+            if srow.ms_per_image is None and srow.description.startswith(NOT_FOR):
+                ms = "n/a"
             print(f"{srow.title:<{width}}{energy_text:>18}{ms:>12}")
         print(f"report: {report}")
     return 0
