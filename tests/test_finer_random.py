@@ -173,7 +173,9 @@ def test_randomcam_is_a_seeded_random_combination(gapnet: GapNet) -> None:
     b = camlens.RandomCAM(gapnet, layer="features", seed=2)(x)
     assert not torch.allclose(a.raw, b.raw)
     fresh = camlens.RandomCAM(gapnet, layer="features", seed=None)
-    assert not torch.allclose(fresh(x).raw, fresh(x).raw)
+    # fresh weights each call: ten draws are not all the same map (one draw may well be empty)
+    draws = [fresh(x).raw for _ in range(10)]
+    assert any(not torch.allclose(draws[0], d) for d in draws[1:])
     with pytest.raises(TypeError, match="seed"):
         camlens.RandomCAM(gapnet, seed=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not use the target"):
