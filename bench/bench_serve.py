@@ -17,8 +17,13 @@ image without scikit-image), ``methods=gradcam``, the top class.
     step of a request (pre-processing, map, overlay PNG, JSON) but the HTTP transport;
   - ``request``: ``POST /api/explain`` with the PNG, through httpx on loopback.
 
-  The table gives each median and the ratio of ``request`` to the two others; the goal is a request
-  at most 1.2x the in-process call.
+  The table gives each median and the ratio of ``request`` to the two others. Those medians come
+  from two processes, and on a shared VM the same call varied by 2x between runs, so the goal (a
+  request at most 1.2x the same call in process) is judged on a paired measure too: for every
+  request, its time at the client against the time the server spent on that very call
+  (``Server-Timing: explain``, measured around ``Engine.explain`` in the server's worker), which
+  differ only by the HTTP transport, the upload parsing and the JSON encoding. The median of the
+  per-request ratios is printed.
 * **Throughput.** 1, 2 and 4 clients (threads of this process, each with its own connection) send
   ``--requests`` requests each, as fast as answers come; requests per second over the whole run.
 
@@ -148,13 +153,19 @@ def main(argv: list[str] | None = None) -> int:
 
         http = httpx.Client(timeout=120)
 
+        paired: list[float] = []
+
         def request() -> None:
+            t0 = time.perf_counter()
             r = http.post(
                 url + "/api/explain",
                 files={"file": ("a.png", png, "image/png")},
                 data={"methods": "gradcam"},
             )
+            total = time.perf_counter() - t0
             r.raise_for_status()
+            timing = dict(x.strip().split(";dur=") for x in r.headers["server-timing"].split(","))
+            paired.append(total / (float(timing["explain"]) / 1e3))
 
         calls = {"method": method, "in process": in_process, "request": request}
         times: dict[str, list[float]] = {k: [] for k in calls}
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 if r >= 2:
                     times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
+        pair = statistics.median(paired[2:])  # after the warm-up rounds
 
         def client(n_requests: int) -> None:
             with httpx.Client(timeout=300) as h:
@@ -203,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for k in calls:
         lines.append(f"| {k} | {med[k] * 1e3:.1f} | {med['request'] / med[k]:.2f}x |")
-    goal = med["request"] / med["in process"]
     lines += [
         "",
-        f"- {'PASS' if goal <= 1.2 else 'MISS'}: a request takes at most 1.2x the same call in "
-        f"process (measured {goal:.2f}x)",
+        f"- {'PASS' if pair <= 1.2 else 'MISS'}: a request takes at most 1.2x the same call in "
+        f"process, paired per request against the server's own time for it (measured {pair:.2f}x; "
+        f"the medians of the two processes above give {med['request'] / med['in process']:.2f}x)",
         "",
         "| concurrent clients | requests / s |",
         "|---:|---:|",
@@ -221,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     "median_ms": {k: v * 1e3 for k, v in med.items()},
                     "samples_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
                     "requests_per_s": rates,
+                    "paired_request_over_call": paired,
                     "workers": args.workers,
                     "threads": torch.get_num_threads(),
                 },

@@ -637,6 +637,17 @@ class LayerCapture:
         )
 
 
+def _check_differentiable(score: Tensor, activations: dict[str, Tensor]) -> list[str]:
+    """The layer names, after checking that ``score`` can be differentiated at all."""
+    names = list(activations)
+    if not score.requires_grad:
+        raise ValueError(
+            f"the target score does not depend on layer(s) {names}: the output is not computed from "
+            "them, or the target callable detached it; choose a layer before the output"
+        )
+    return names
+
+
 def layer_gradients(
     score: Tensor, activations: dict[str, Tensor], *, retain_graph: bool = False
 ) -> dict[str, Tensor]:
@@ -649,12 +660,7 @@ def layer_gradients(
     Raises:
         ValueError: the score does not depend on any of the activations.
     """
-    names = list(activations)
-    if not score.requires_grad:
-        raise ValueError(
-            f"the target score does not depend on layer(s) {names}: the output is not computed from "
-            "them, or the target callable detached it; choose a layer before the output"
-        )
+    names = _check_differentiable(score, activations)
     acts = [activations[n] for n in names]
     with torch.enable_grad():
         grads = torch.autograd.grad(score.sum(), acts, retain_graph=retain_graph, allow_unused=True)
@@ -688,12 +694,7 @@ def layer_gradients_and_hvp(
         >>> g["a"], hv["a"]   # 3 a^2 and 6 a * a
         (tensor([[ 3., 12.]]), tensor([[ 6., 24.]]))
     """
-    names = list(activations)
-    if not score.requires_grad:
-        raise ValueError(
-            f"the target score does not depend on layer(s) {names}: the output is not computed from "
-            "them, or the target callable detached it; choose a layer before the output"
-        )
+    names = _check_differentiable(score, activations)
     acts = [activations[n] for n in names]
     grads_out: dict[str, Tensor] = {}
     hvp_out: dict[str, Tensor] = {}

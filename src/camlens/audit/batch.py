@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from camlens.audit.stats import content_peak, map_statistics, object_statistics
+from camlens.models import resolve_device
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -112,23 +113,6 @@ class ExplainConfig:
             "mean": list(self.mean) if self.mean else None,
             "std": list(self.std) if self.std else None,
         }
-
-
-def resolve_device(text: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; anything else is checked and returned.
-
-    Raises:
-        ValueError: not a device, or CUDA asked for where there is none.
-    """
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(text)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {text!r}: CUDA is not available here; use --device cpu")
-    return str(dev)
 
 
 def _as_layer_map(raw: Tensor) -> Tensor:

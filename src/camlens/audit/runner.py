@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from camlens.audit.analysis import analyze_results
-from camlens.audit.batch import ExplainConfig, Explainer, resolve_device
+from camlens.audit.batch import ExplainConfig, Explainer
 from camlens.audit.dataset import DataSource, count_items, iter_items, open_source
 from camlens.audit.engines import pending, run_local, run_ray
 from camlens.audit.store import ResultStore
+from camlens.models import resolve_device
 
 __all__ = ["AuditOutcome", "audit"]
 

@@ -221,20 +221,13 @@ def summary_of(name: str) -> str:
 
 
 def device(text: str) -> str:
-    """``--device``: ``auto`` -> cuda if available, else cpu; checked."""
-    import torch
+    """``--device``: ``auto`` -> cuda if available, else cpu; checked (:func:`camlens.models.resolve_device`)."""
+    from camlens.models import resolve_device
 
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        dev = torch.device(text)
-    except RuntimeError as exc:
-        raise CLIError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(
-            f"--device {text!r}: CUDA is not available on this machine; use --device cpu"
-        )
-    return str(dev)
+        return resolve_device(text)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def load_model(args: argparse.Namespace, weights: str | None = None) -> LoadedModel:

@@ -64,6 +64,7 @@ __all__ = [
     "parse_mean_std",
     "parse_size",
     "parse_spec",
+    "resolve_device",
     "script_to_hookable",
     "spec_help",
 ]
@@ -212,3 +213,23 @@ def load_model(
     else:
         model = model.to(dev)
     return LoadedModel(model, spec, pre, built.classes, dev, built.weights)
+
+
+def resolve_device(text: str) -> str:
+    """A device name as given on a command line: ``"auto"`` is ``"cuda"`` when available, else
+    ``"cpu"``; anything else is checked and returned.
+
+    Raises:
+        ValueError: not a device, or CUDA asked for where there is none.
+    """
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text!r}: CUDA is not available here; use --device cpu")
+    return str(dev)
