@@ -15,10 +15,12 @@ venv="${CAMLENS_VENV:-.venv}"
 python -m pip install -q --disable-pip-version-check torch==2.13.0
 python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
 
-# The HTML report is checked in headless Chromium (Debian's package).
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "warning: could not install chromium; the browser test will be skipped" >&2
+# The HTML reports and the web app are checked in headless Chromium, the web app through Selenium and
+# chromedriver (Debian's packages chromium and chromium-driver).
+if { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; } \
+  && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "warning: could not install chromium; the browser tests will be skipped" >&2
 fi
 
 echo "== ruff"

@@ -65,6 +65,10 @@ BASELINES: tuple[str, ...] = ("baseline: uniform", "baseline: centre gaussian")
 Progress = Callable[[str, int, int], None]
 
 
+#: How a row marks a method made for another kind of model than the one evaluated.
+NOT_FOR = "only for"
+
+
 @dataclass(frozen=True)
 class EvaluationRow:
     """One method (or baseline) of a report; every score is the mean over the images (``NaN`` if it
@@ -209,7 +213,9 @@ def main_table(report: EvaluationReport) -> str:
             ):
                 text = f"**{text}**"
             cells.append(text)
-        name = r.name + (" (failed)" if r.error else "")
+        name = r.name
+        if r.error:
+            name += " (n/a)" if r.error.startswith(NOT_FOR) else " (failed)"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -409,7 +415,13 @@ def run(
                 except Exception as e:  # a method that cannot run on this model: report it, go on
                     if kind == "baseline":
                         raise
-                    rows.append(EvaluationRow(name, kind, error=f"{type(e).__name__}: {e}"))
+                    model_kind = getattr(METHODS.get(name), "model_kind", "any")
+                    if model_kind != "any" and isinstance(e, ValueError):
+                        # a method for another kind of model (LeGrad: transformers) does not apply
+                        text = f"{NOT_FOR} {model_kind} models: {e}"
+                    else:
+                        text = f"{type(e).__name__}: {e}"
+                    rows.append(EvaluationRow(name, kind, error=text))
                     return
                 _sync(device)
                 seconds += time.perf_counter() - t0

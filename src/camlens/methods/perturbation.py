@@ -201,7 +201,10 @@ class SSCAM(ScoreCAM):
 
     (:func:`camlens.maps.scorecam_weights`). Defaults are torchcam's (``num_samples=35``,
     ``std=2.0``); torchcam then applies a softmax over the channels, camlens keeps the CIC in logits
-    (see :class:`ScoreCAM`). ``std=0`` gives Score-CAM exactly (and costs no more than it).
+    (see :class:`ScoreCAM`). ``std=0`` gives Score-CAM exactly (and costs no more than it). Noise of
+    ``std=2`` on masks in ``[0, 1]`` can drown them: on the bundled demo model SS-CAM at these defaults
+    pointed worse than random channel weights (``camlens evaluate``, README); a ``std`` of a few tenths
+    keeps the masks' shape.
 
     The noise is reproducible: each sample draws it from its own ``torch.Generator`` seeded with
     ``seed``, one ``(*input_spatial)`` draw per (step, channel) in that order, so a batch equals its
