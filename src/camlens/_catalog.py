@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CATALOG", "MethodInfo", "lookup", "names"]
+__all__ = ["CATALOG", "MethodInfo", "lookup", "names", "plain"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,16 @@ def _scan() -> tuple[MethodInfo, ...]:
 #: Every registered method, in the order of :data:`camlens.METHODS`.
 CATALOG: tuple[MethodInfo, ...] = _scan()
 _BY_NAME = {key.lower(): info for info in CATALOG for key in (info.name, *info.aliases)}
+
+
+def plain(text: str) -> str:
+    """A docstring line for display: reStructuredText's inline literals (````x````) as plain text.
+
+    Example:
+        >>> plain("pytorch-grad-cam's ``GradCAMElementWise``")
+        "pytorch-grad-cam's GradCAMElementWise"
+    """
+    return text.replace("``", "")
 
 
 def names() -> list[str]:

@@ -217,7 +217,7 @@ def summary_of(name: str) -> str:
     """A method's one-line description."""
     from camlens import _catalog
 
-    return _catalog.lookup(name).summary
+    return _catalog.plain(_catalog.lookup(name).summary)
 
 
 def device(text: str) -> str:

@@ -70,8 +70,11 @@ class Explained:
 
 
 def _describe(cls: type) -> str:
+    """The first line of a method's docstring, as plain text (also for methods registered at run time)."""
+    from camlens._catalog import plain
+
     doc = (cls.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else ""
+    return plain(doc.splitlines()[0].strip()) if doc else ""
 
 
 class _Entry:

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(m.name) for m in _catalog.CATALOG) + 2
     for m in _catalog.CATALOG:
         extra = f"  (also: {', '.join(m.aliases)})" if m.aliases else ""
-        print(f"{m.name:<{width}}{m.summary}{extra}")
+        print(f"{m.name:<{width}}{_catalog.plain(m.summary)}{extra}")
     return 0
 
 
