@@ -334,3 +334,22 @@ def test_explain_with_a_spec_and_a_loaded_model(tmp_path: Path) -> None:
         camlens.explain(42, [skdata.chelsea()])
     with pytest.raises(ValueError, match="unknown method"):
         camlens.explain(lm, [skdata.chelsea()], method="gradcum")
+
+
+def test_for_targets_gives_a_list_that_displays_as_one_grid() -> None:
+    import camlens
+    from conftest import GapNet
+
+    net = GapNet().eval()
+    x = torch.rand(2, 3, 16, 16)
+    several = camlens.GradCAM(net, layer="features").for_targets(x, "top-3")
+    assert isinstance(several, list) and isinstance(several, camlens.CAMResults)
+    assert len(several) == 3 and several == list(several)
+    html = several._repr_html_()
+    assert html is not None
+    single = several[0]._repr_html_()
+    assert single is not None
+    # one grid of the 2 images x 3 targets: three times the tiles of one result
+    assert html.count("<img") == 3 * single.count("<img")
+    png = several._repr_png_()
+    assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"

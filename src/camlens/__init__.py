@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     )
     from camlens.models import LoadedModel, Preprocess, load_model
     from camlens.pipeline import Explanation, explain
-    from camlens.result import CAMResult
+    from camlens.result import CAMResult, CAMResults
     from camlens.viz import grid, overlay
 
 #: public name -> the module that defines it (a name equal to its module's last part is the module)
@@ -83,7 +83,7 @@ _EXPORTS: dict[str, str] = {
         ["LayerCapture", "find_default_layer", "find_last_spatial_layer", "resolve_layers"],
         "camlens.capture",
     ),
-    "CAMResult": "camlens.result",
+    **dict.fromkeys(["CAMResult", "CAMResults"], "camlens.result"),
     **dict.fromkeys(["Geometry", "ImageBatch", "load_image", "load_images"], "camlens.images"),
     **dict.fromkeys(["LoadedModel", "Preprocess", "load_model"], "camlens.models"),
     **dict.fromkeys(["Explanation", "explain"], "camlens.pipeline"),
@@ -102,6 +102,7 @@ __all__ = [
     "AblationCAM",
     "BaseCAM",
     "CAMResult",
+    "CAMResults",
     "EigenCAM",
     "Explanation",
     "Gallery",

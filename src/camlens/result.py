@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-__all__ = ["CAMResult"]
+__all__ = ["CAMResult", "CAMResults"]
 
 
 @dataclass
@@ -180,3 +180,33 @@ class CAMResult:
             f"CAMResult(method={self.method!r}, layer={self.layer!r}, maps={tuple(self.maps.shape)}, "
             f"raw={tuple(self.raw.shape)}, targets={t})"
         )
+
+
+class CAMResults(list[CAMResult]):
+    """A list of results of the same batch (``for_targets``), which a notebook shows as one grid.
+
+    It is a plain ``list`` in every other way: index it, iterate it, compare it to a list.
+    """
+
+    def show(self, images: Any = None, **options: Any) -> Any:
+        """A labelled grid of these results side by side (on ``images`` if given); see
+        :func:`camlens.show`."""
+        from camlens.gallery import show
+
+        return show(list(self), images, **options)
+
+    def _repr_html_(self) -> str | None:
+        if not self or any(r.maps.ndim != 3 for r in self):
+            return None
+        try:
+            return self.show(limit=16)._repr_html_()
+        except (ImportError, ValueError):
+            return None
+
+    def _repr_png_(self) -> bytes | None:
+        if not self or any(r.maps.ndim != 3 for r in self):
+            return None
+        try:
+            return self.show(limit=16)._repr_png_()
+        except (ImportError, ValueError):
+            return None

@@ -56,7 +56,7 @@ from camlens.capture import (
 )
 from camlens.maps import eigencam_map, input_saliency, normalize, product_fusion, upsample
 from camlens.reshape import ReshapeFn, to_spatial
-from camlens.result import CAMResult
+from camlens.result import CAMResult, CAMResults
 from camlens.targets import (
     ClassTarget,
     Resolved,
@@ -406,13 +406,14 @@ class BaseCAM:
                 highest classes of each sample, in order.
 
         Returns:
-            One :class:`~camlens.result.CAMResult` per target, equal to separate calls.
+            One :class:`~camlens.result.CAMResult` per target, equal to separate calls, in a
+            :class:`~camlens.result.CAMResults` list (a notebook shows it as one grid).
         """
         if not isinstance(targets, str):
             targets = list(targets)
             if not targets:
                 raise ValueError("targets is empty; pass at least one target")
-        return self._explain(x, targets, counterfactual, aug_smooth, eigen_smooth)
+        return CAMResults(self._explain(x, targets, counterfactual, aug_smooth, eigen_smooth))
 
     # ---- the pipeline ----------------------------------------------------------------------------
     _AUG_SCALES: ClassVar[tuple[float, ...]] = (1.0, 0.875, 1.125)
