@@ -294,6 +294,11 @@ class AblationCAM(BaseCAM):
     of ablations. ``result.details["split"]`` says which was used (``"fx"`` or ``"hook"``). For a
     GAP + linear head, ``w_k = W_{c,k} \bar{A}^k / y^c`` in closed form.
 
+    Channels are zeroed, as in the paper, whatever the layer's activation. pytorch-grad-cam zeroes
+    them only where the batch's smallest activation is exactly 0 and otherwise sets them to that
+    minimum minus ``1e7``; on layers with negative activations (ConvNeXt's LayerNorm, EfficientNet's
+    SiLU, MobileNetV3's Hardswish, transformer tokens) its maps therefore differ from these.
+
     Args:
         batch_size: ablated copies per head run; bounds memory.
         split: ``"auto"`` (fx where it reproduces the model, else the hook), ``"fx"`` (an error where it
