@@ -564,6 +564,8 @@ def test_method_names_all_aliases_and_order() -> None:
     ("argv", "needles"),
     [
         (["explain", "nope.png"], ("nope.png", "no such file")),
+        (["explain", "demo", "imgs/im0.png"], ("no such file", "--model demo")),
+        (["explain", "timm:resnet18", "imgs"], ("'timm:resnet18'", "--model timm:resnet18")),
         (["explain", "imgs", "notimage.png", "--out", "b1"], ("notimage.png", "not an image")),
         (
             ["explain", "imgs/im0.png", "--method", "gradcum"],

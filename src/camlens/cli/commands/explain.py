@@ -202,12 +202,29 @@ class _Plan:
     stems: dict[Path, str] = field(default_factory=dict)
 
 
+def _looks_like_model(raw: str) -> bool:
+    """Whether a path that does not exist is a model spec given where an image was expected."""
+    from camlens.models.registry import model_sources
+
+    kind, sep, name = raw.partition(":")
+    src = model_sources().get(kind)
+    if src is None or src.catch_all:
+        return False
+    return (src.bare and not sep) or (not src.bare and bool(sep and name))
+
+
 def _plan(args: argparse.Namespace) -> _Plan:
     """Check options, inputs and outputs without torch; raise before any work is done."""
     from camlens import io
     from camlens.images import find_images, probe_image
 
     methods = method_names(args.method, "gradcam")
+    for raw in args.paths:
+        if not Path(raw).exists() and _looks_like_model(raw):
+            raise CLIError(
+                f"no such file or folder: {raw!r}; to choose the model, pass --model {raw} "
+                "before or after the image paths"
+            )
     images = find_images(args.paths)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
