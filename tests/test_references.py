@@ -174,3 +174,31 @@ class _Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.s
+
+
+def test_torchcam_gradcampp_never_applies_its_denominator(
+    models: dict[str, tuple[nn.Module, str]],
+) -> None:
+    """Why torchcam 0.5.0 is not a reference for Grad-CAM++: ``alpha[idx][mask].div_(...)`` divides
+    a copy (boolean indexing copies), so its alpha stays ``g**2`` and its weights are
+    ``sum_ij g**2 ReLU(g)``. camlens applies the paper's denominator, from the same activations and
+    gradients."""
+    from torchcam.methods import GradCAMpp
+
+    model, layer = models["resnet18"]
+    torch.manual_seed(5)
+    x = torch.randn(1, 3, 64, 64)
+    extractor = GradCAMpp(model, target_layer=layer)
+    try:
+        out = model(x)
+        target = int(out[0].argmax())
+        theirs = extractor(target, out, normalized=False)[0].detach()
+        acts, grads = extractor.hook_a[0].detach(), extractor.hook_g[0].detach()
+    finally:
+        extractor.remove_hooks()
+    as_coded = (grads.pow(2) * grads.relu()).flatten(2).sum(-1)
+    torch.testing.assert_close(theirs, maps.weighted_sum(acts, as_coded).relu(), rtol=1e-5, atol=0)
+    paper = maps.gradcampp_weights(acts, grads)
+    assert not torch.allclose(paper / paper.abs().max(), as_coded / as_coded.abs().max(), atol=1e-2)
+    ours = camlens.GradCAMPlusPlus(model, layer=layer)(x, target=target).raw
+    torch.testing.assert_close(ours, maps.weighted_sum(acts, paper).relu(), rtol=1e-4, atol=1e-6)
