@@ -87,6 +87,18 @@ def test_every_method_is_registered_under_its_name_and_aliases() -> None:
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
+def test_logits_are_the_models_own_output(cls: type) -> None:
+    """``CAMResult.logits`` (what predictions are read from) is the model's output for the batch."""
+    net = net_for(cls)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+    for res in [build(cls, net)(x, target=[0, 3]), *build(cls, net).for_targets(x, [1, 2])]:
+        assert res.logits is not None, f"{cls.name} keeps no logits"
+        torch.testing.assert_close(res.logits, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_batched_equals_per_sample(cls: type) -> None:
     net = net_for(cls)
     x = torch.rand(3, 3, 16, 16)

@@ -252,3 +252,21 @@ def test_sess_follows_a_changed_model_and_refuses_bad_calls() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # patches with empty maps are expected: no warning each
         sess(torch.zeros(1, 3, 16, 16), target=0)
+
+
+@pytest.mark.parametrize("pre_filter", [0.0, 0.5])
+def test_sess_runs_each_patch_once_unless_it_prefilters(pre_filter: float) -> None:
+    """Without pre-filtering the patch scores come from the wrapped method's own forward; with it,
+    every patch is scored first (one extra forward per patch, as the pre-filter needs)."""
+    net = GapNet().eval()
+    rows: list[int] = []
+    net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    x = torch.rand(2, 3, 32, 32)
+    sess = camlens.SESS(camlens.GradCAM(net, layer="features"), num_scales=2, pre_filter=pre_filter)
+    res = sess(x, target=[1, 4])
+    n_patch = res.details["patches"]
+    kept = n_patch - int(n_patch * pre_filter)
+    scoring = 2 * n_patch if pre_filter else 0
+    assert sum(rows) == 2 + scoring + 2 * kept  # the full images, the scoring pass, the method
+    with torch.no_grad():
+        torch.testing.assert_close(res.logits, net(x))

@@ -217,24 +217,21 @@ class SESS(BaseCAM):
         n_patch = len(where)
         patches = torch.cat([p for p, _ in per_sample])  # (B * P, C, *window)
         rows = torch.arange(b, device=x.device).repeat_interleave(n_patch)
-        # every patch's score for every target: one forward per batch of patches
         scores = torch.zeros(len(specs), b * n_patch, device=x.device)
-        for start in range(0, len(patches), self.batch_size):
-            chunk = patches[start : start + self.batch_size]
-            with paused(), torch.inference_mode():
-                out = run_model(self.model, chunk)
-            r = rows[start : start + self.batch_size]
-            for j, (spec, res) in enumerate(zip(specs, resolved, strict=True)):
-                scores[j, start : start + len(chunk)] = self._patch_scores(out, spec, res, r)
-        scores = scores.clamp(min=0).reshape(len(specs), b, n_patch)
-        # pre-filter: drop the lowest-scoring patches; weights: score / the best patch's score
-        keep = torch.ones_like(scores, dtype=torch.bool)
+        keep = torch.ones(len(specs), b, n_patch, dtype=torch.bool, device=x.device)
         drop = int(n_patch * self.pre_filter)
         if drop:
-            order = torch.sort(scores, dim=2, stable=True).indices[..., :drop]
+            # pre-filter: score every patch first (one forward per batch of patches), then drop the
+            # lowest-scoring ones; without it, the wrapped method's own forward gives the scores
+            for start in range(0, len(patches), self.batch_size):
+                chunk = patches[start : start + self.batch_size]
+                with paused(), torch.inference_mode():
+                    out = select_output(run_model(self.model, chunk), self.output, passthrough=True)
+                r = rows[start : start + self.batch_size]
+                for j, (spec, res) in enumerate(zip(specs, resolved, strict=True)):
+                    scores[j, start : start + len(chunk)] = self._patch_scores(out, spec, res, r)
+            order = torch.sort(scores.reshape(keep.shape), dim=2, stable=True).indices[..., :drop]
             keep.scatter_(2, order, False)
-        best = scores.amax(dim=2, keepdim=True)
-        weights = torch.where(best > 0, scores / best.clamp(min=1e-30), torch.ones_like(scores))
         # the wrapped method on every kept patch (one call per batch, all targets together)
         needed = keep.any(dim=0).reshape(-1).nonzero().flatten()
         patch_maps: list[dict[int, Tensor]] = [{} for _ in specs]
@@ -249,11 +246,17 @@ class SESS(BaseCAM):
                 results = self.cam._run(
                     patches[idx], inner, counterfactual=False, eigen_smooth=eigen_smooth
                 )
-            for j, part in enumerate(results):
+            for j, (part, spec, res) in enumerate(zip(results, specs, resolved, strict=True)):
                 layers = part.layer
+                if not drop:
+                    scores[j, idx] = self._part_scores(part, patches[idx], spec, res, r)
                 m = part.maps  # scaled to [0, 1] at the window's resolution
                 for t, i in enumerate(idx.tolist()):
                     patch_maps[j][i] = m[t]
+        # weights: each patch's score / the best patch's score
+        scores = scores.clamp(min=0).reshape(keep.shape)
+        best = scores.amax(dim=2, keepdim=True)
+        weights = torch.where(best > 0, scores / best.clamp(min=1e-30), torch.ones_like(scores))
         out = []
         for j, res in enumerate(resolved):
             fused = torch.stack(
@@ -273,18 +276,34 @@ class SESS(BaseCAM):
                     layer=layers,
                     method=f"sess({self.cam._label(False, eigen_smooth)})",
                     details={"patches": n_patch},
+                    logits=logits.detach() if isinstance(logits, Tensor) else None,
                 )
             )
         return out
 
     def _patch_scores(self, out: Any, spec: Any, res: Resolved, rows: Tensor) -> Tensor:
-        """The target's score on each patch (softmax probability for class targets)."""
+        """The target's score on each patch (softmax probability for class targets), from the
+        model's output on the patches, selected (``select_output(..., passthrough=True)``)."""
         if res.classes is not None and not accepts_any_output([spec]):
-            selected = select_output(out, self.output)
-            s = selected.float().softmax(dim=1) if self.softmax else selected.float()
+            s = (out if isinstance(out, Tensor) else select_output(out)).float()
+            s = s.softmax(dim=1) if self.softmax else s
             return s.gather(1, res.classes.to(s.device)[rows.to(s.device)][:, None]).squeeze(1)
-        selected = select_output(out, self.output, passthrough=True)
-        return resolve(spec, selected).scores.float()
+        return resolve(spec, out).scores.float()
+
+    def _part_scores(
+        self, part: CAMResult, patches: Tensor, spec: Any, res: Resolved, rows: Tensor
+    ) -> Tensor:
+        """:meth:`_patch_scores` from the wrapped method's result on the patches: its logits and
+        scores come from its own forward, so no second one is needed (unless it kept no logits)."""
+        if res.classes is not None and not accepts_any_output([spec]):
+            if part.logits is None:
+                with paused(), torch.inference_mode():
+                    out = select_output(
+                        run_model(self.model, patches), self.output, passthrough=True
+                    )
+                return self._patch_scores(out, spec, res, rows)
+            return self._patch_scores(part.logits, spec, res, rows)
+        return part.scores.float()
 
     @staticmethod
     def _patch_target(spec: Any, res: Resolved, rows: Tensor) -> Any:

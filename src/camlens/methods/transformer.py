@@ -257,6 +257,7 @@ class LeGrad(BaseCAM):
                     if several
                     else {},
                     raw_per_layer=raws if several else {},
+                    logits=logits.detach() if isinstance(logits, Tensor) else None,
                 )
             )
         return results
