@@ -263,10 +263,15 @@ def test_parse_target_and_file_names() -> None:
 
 def test_explain_in_one_call_on_photos() -> None:
     net = TinyNet().eval()
+    forwards: list[int] = []
+    net.register_forward_pre_hook(lambda m, args: forwards.append(args[0].shape[0]))
     photos = [skdata.chelsea(), skdata.coffee()]
     ex = camlens.explain(
         net, photos, method=["gradcam", "Eigen-CAM"], target="top-2", preprocess=PRE
     )
+    # the default layer's probe (one sample, once per input shape), then one forward per method:
+    # the predictions come from the methods' own forward
+    assert forwards == [1, 2, 2]
     assert ex.methods == ["gradcam", "eigencam"] and len(ex) == 2
     assert [len(ex.results[m]) for m in ex.methods] == [2, 2]
     overlays = ex.overlays("gradcam", rank=2, legend=False)

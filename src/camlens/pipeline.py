@@ -477,13 +477,16 @@ def explain_batch(
         colormap: colour map of the overlays.
         alpha: weight of the heat map in overlays.
     """
-    logits = model_logits(model.model, batch.x)
     results: dict[str, list[CAMResult]] = {}
     seconds: dict[str, float] = {}
     for name, cam in cams.items():
         t0 = time.perf_counter()
         results[name] = run_method(cam, batch.x, target)
         seconds[name] = time.perf_counter() - t0
+    # the predictions come from the methods' own forward; a forward of its own only without one
+    kept = (r.logits for rs in results.values() for r in rs if r.logits is not None)
+    logits = next(kept, None)
+    logits = model_logits(model.model, batch.x) if logits is None else logits.float()
     scale = scope = None
     if shared_scale:
         scale = {n: shared_range(rs) for n, rs in results.items()}
