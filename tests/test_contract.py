@@ -384,6 +384,20 @@ def test_non_finite_inputs_are_refused_naming_the_samples(cls: type) -> None:
     assert hook_count(net) == 0
 
 
+@pytest.mark.parametrize("cls", METHODS, ids=ids)
+def test_integer_pixels_get_one_clear_error(cls: type) -> None:
+    """uint8 pixels (a decoded image not yet converted): the model's own failure, reported as a
+    ModelError, or the method's TypeError where it needs gradients of the input; never a bare error."""
+    net = net_for(cls)
+    x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    with pytest.raises(
+        (camlens.ModelError, TypeError), match=r"unsigned char|uint8|floating"
+    ) as info:
+        build(cls, net)(x, target=0)
+    assert type(info.value) in (camlens.ModelError, TypeError)
+    assert hook_count(net) == 0
+
+
 @pytest.mark.parametrize("cls", [c for c in METHODS if c.model_kind != "any"], ids=lambda c: c.name)
 def test_a_method_for_transformers_refuses_a_cnn(cls: type) -> None:
     net = GapNet().eval()

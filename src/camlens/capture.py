@@ -61,6 +61,7 @@ __all__ = [
     "explicit_attention",
     "find_default_layer",
     "find_last_spatial_layer",
+    "input_leaf",
     "layer_gradients",
     "layer_gradients_and_hvp",
     "layer_table",
@@ -635,6 +636,22 @@ class LayerCapture:
         return layer_gradients(
             score, {n: self.activations[n] for n, _ in self.layers}, retain_graph=retain_graph
         )
+
+
+def input_leaf(x: Tensor, method: str) -> Tensor:
+    """``x`` as a leaf that records its gradient: the input of a method that explains the input
+    itself (guided backpropagation, FullGrad) or needs the whole graph from it (LeGrad).
+
+    Raises:
+        TypeError: ``x`` is not floating point (no gradient can flow to integer pixels).
+    """
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{method} takes gradients with respect to the input, so it needs a floating-point "
+            f"input; got {x.dtype}. Convert the images first, e.g. x.float() / 255 and the model's "
+            "normalisation"
+        )
+    return x.detach().requires_grad_(True)
 
 
 def _check_differentiable(score: Tensor, activations: dict[str, Tensor]) -> list[str]:

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from camlens import maps
-from camlens.capture import LayerCapture, LayerSpec, layer_gradients
+from camlens.capture import LayerCapture, LayerSpec, input_leaf, layer_gradients
 from camlens.methods.base import BaseCAM, MapContext, Observation, run_model
 from camlens.methods.registry import register
 from camlens.targets import TargetSpec, accepts_any_output, select_output
@@ -124,9 +124,7 @@ class FullGrad(BaseCAM):
             )
 
     def _observe(self, x: Tensor, layers: list[tuple[str, nn.Module]]) -> Observation:
-        if not x.is_floating_point():
-            raise TypeError(f"FullGrad needs a floating-point input, got {x.dtype}")
-        leaf = x.detach().requires_grad_(True)
+        leaf = input_leaf(x, "FullGrad")
         mods = [(_PREFIX + n, m) for n, m in bias_layers(self.model)]
         with LayerCapture(mods, grad=True, full_graph=True) as cap:
             out = run_model(self.model, leaf)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from camlens.capture import LayerSpec, paused
+from camlens.capture import LayerSpec, input_leaf, paused
 from camlens.maps import input_saliency, normalize
 from camlens.methods.base import BaseCAM, MapContext, Observation, _specs_like, run_model
 from camlens.methods.gradient import GradCAM
@@ -77,7 +77,7 @@ class GuidedBackprop(BaseCAM):
         super().__init__(model, layer, **kwargs)
 
     def _observe(self, x: Tensor, layers: list[tuple[str, nn.Module]]) -> Observation:
-        leaf = x.detach().requires_grad_(True)
+        leaf = input_leaf(x, type(self).__name__)
         with paused(), torch.enable_grad(), _GuidedMode():  # no capture of this context records it
             out = run_model(self.model, leaf)
         return Observation(out, {"input": leaf})

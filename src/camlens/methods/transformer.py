@@ -15,6 +15,7 @@ from camlens.capture import (
     LayerSpec,
     _is_norm,
     attention_blocks,
+    input_leaf,
     joined_hooks,
     paused,
     resolve_layers,
@@ -189,13 +190,11 @@ class LeGrad(BaseCAM):
         counterfactual: bool,
         eigen_smooth: bool = False,
     ) -> list[CAMResult]:
-        if not x.is_floating_point():
-            raise TypeError(f"LeGrad needs a floating-point input, got {x.dtype}")
         blocks = self._blocks()
         names = [n for n, _ in blocks]
         self._warn_training()
         recorder = _HeadRecorder(self.model, names) if self.head is None else None
-        leaf = x.detach().requires_grad_(True)
+        leaf = input_leaf(x, "LeGrad")
         with (
             LayerCapture(blocks, grad=True, full_graph=True) as cap,
             AttentionCapture(blocks) as att,
