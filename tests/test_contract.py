@@ -384,6 +384,31 @@ def test_non_finite_inputs_are_refused_naming_the_samples(cls: type) -> None:
     assert hook_count(net) == 0
 
 
+#: option -> (a numpy value every method taking it accepts, the same as a plain value, a bad value)
+NUMERIC_OPTIONS = {
+    "batch_size": (np.int64(3), 3, 0),
+    "num_samples": (np.int64(2), 2, 0),
+    "std": (np.float32(0.5), 0.5, -1.0),
+    "seed": (np.int64(3), 3, 1.5),
+    "top_k": (np.int64(4), 4, 0),
+}
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=ids)
+def test_numeric_options_take_numpy_values_and_refuse_bad_ones_alike(cls: type) -> None:
+    """Every method checks a shared option the same way: numpy numbers are numbers, and a bad
+    value is one error that ``except ValueError`` and ``except TypeError`` both catch."""
+    net = net_for(cls)
+    params = inspect.signature(cls.__init__).parameters
+    taken = [o for o in NUMERIC_OPTIONS if o in params]
+    for option in taken:
+        numpy_value, plain, bad = NUMERIC_OPTIONS[option]
+        assert getattr(build(cls, net, **{option: numpy_value}), option) == plain
+        with pytest.raises(ValueError, match=option) as info:
+            build(cls, net, **{option: bad})
+        assert isinstance(info.value, TypeError)
+
+
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_integer_pixels_get_one_clear_error(cls: type) -> None:
     """uint8 pixels (a decoded image not yet converted): the model's own failure, reported as a

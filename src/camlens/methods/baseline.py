@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from camlens import maps
 from camlens.capture import LayerSpec
+from camlens.methods import _options as opt
 from camlens.methods.base import BaseCAM, MapContext
 from camlens.methods.registry import register
 
@@ -42,9 +43,7 @@ class RandomCAM(BaseCAM):
         self, model: nn.Module, layer: LayerSpec = None, *, seed: int | None = 0, **kwargs: Any
     ) -> None:
         super().__init__(model, layer, **kwargs)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, not {seed!r}")
-        self.seed = seed
+        self.seed = opt.seed(seed, optional=True)
 
     def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         gen = torch.Generator(device=acts.device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ from torch import Tensor, nn
 
 from camlens import maps
 from camlens.capture import LayerSpec
+from camlens.methods import _options as opt
 from camlens.methods.base import BaseCAM, MapContext
 from camlens.methods.registry import register
 
@@ -214,17 +214,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1 (noisy copies), got {num_samples!r}")
-        if isinstance(std, bool) or not isinstance(std, numbers.Real) or not std >= 0:
-            raise ValueError(
-                f"std must be a number >= 0 (the noise's standard deviation), got {std!r}"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        self.num_samples = num_samples
-        self.std = float(std)
-        self.seed = seed
+        self.num_samples = opt.positive_int("num_samples", num_samples, "noisy copies")
+        self.std = opt.non_negative("std", std, "the noise's standard deviation")
+        self.seed = opt.seed(seed)
 
     def weights(self, acts: Tensor, grads: Tensor | None, ctx: MapContext) -> Tensor:
         assert ctx.gradients_at is not None

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from camlens import maps
 from camlens.capture import LayerSpec
+from camlens.methods import _options as opt
 from camlens.methods._fast import internal_forward
 from camlens.methods._head import check_split, head_runner
 from camlens.methods.base import BaseCAM, MapContext
@@ -23,11 +24,7 @@ __all__ = ["ISCAM", "SSCAM", "AblationCAM", "ScoreCAM"]
 
 
 def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"batch_size must be an int >= 1 (how many perturbed copies run at once), got {batch_size!r}"
-        )
-    return batch_size
+    return opt.positive_int("batch_size", batch_size, "how many perturbed copies run at once")
 
 
 @register("scorecam", aliases=("score-cam",))
@@ -89,11 +86,7 @@ class ScoreCAM(BaseCAM):
         super().__init__(model, layer, **kwargs)
         self.batch_size = _check_batch_size(batch_size)
         self.optimize = bool(optimize)
-        if top_k is not None and (
-            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
-        ):
-            raise ValueError(f"top_k must be None (all channels) or an int >= 1, got {top_k!r}")
-        self.top_k = top_k
+        self.top_k = opt.positive_int("top_k", top_k, "None: all channels", optional=True)
         if isinstance(baseline, str) and baseline != "zeros":
             raise ValueError(f"baseline must be 'zeros' or a tensor, not {baseline!r}")
         self.baseline = baseline
@@ -183,12 +176,6 @@ class ScoreCAM(BaseCAM):
         return torch.where(keep, weights, torch.zeros_like(weights))  # top_k: the rest weigh 0
 
 
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, not {seed!r}")
-    return seed
-
-
 @register("sscam", aliases=("ss-cam", "smoothed-scorecam"))
 class SSCAM(ScoreCAM):
     r"""SS-CAM, Smoothed Score-CAM (Wang et al. 2020, https://arxiv.org/abs/2006.14255).
@@ -228,13 +215,9 @@ class SSCAM(ScoreCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-        if isinstance(std, bool) or not isinstance(std, int | float) or not std >= 0:
-            raise ValueError(f"std must be a number >= 0, got {std!r}")
-        self.num_samples = num_samples
-        self.std = float(std)
-        self.seed = _check_seed(seed)
+        self.num_samples = opt.positive_int("num_samples", num_samples, "noisy copies")
+        self.std = opt.non_negative("std", std, "the noise's standard deviation")
+        self.seed = opt.seed(seed)
 
     def _steps(self) -> tuple[Tensor, float]:
         return torch.ones(self.num_samples), self.std

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from camlens import maps
 from camlens.capture import LayerSpec
+from camlens.methods import _options as opt
 from camlens.methods._head import check_split, head_runner
 from camlens.methods.base import BaseCAM, MapContext
 from camlens.methods.registry import register
@@ -67,11 +68,9 @@ class ReciproCAM(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f"batch_size must be an int >= 1 (masked feature maps per head run), got {batch_size!r}"
-            )
-        self.batch_size = batch_size
+        self.batch_size = opt.positive_int(
+            "batch_size", batch_size, "masked feature maps per head run"
+        )
         maps.reciprocam_kernel(1, kernel)  # validates the name
         self.kernel = kernel
         self.softmax = bool(softmax)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from camlens import maps
 from camlens.capture import paused
+from camlens.methods import _options as opt
 from camlens.methods.base import BaseCAM, quiet, run_model
 from camlens.result import CAMResult
 from camlens.targets import (
@@ -112,12 +113,10 @@ class SESS(BaseCAM):
             )
         super().__init__(cam.model, output=cam.output)
         self.cam = cam
-        for label, value in (("num_scales", num_scales), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be an int >= 1, got {value!r}")
-        for label, opt in (("window", window), ("step", step)):
-            if opt is not None and (isinstance(opt, bool) or not isinstance(opt, int) or opt < 1):
-                raise ValueError(f"{label} must be None or an int >= 1, got {opt!r}")
+        num_scales = opt.positive_int("num_scales", num_scales)
+        batch_size = opt.positive_int("batch_size", batch_size, "patches per forward")
+        window = opt.positive_int("window", window, "None: the input's shorter side", optional=True)
+        step = opt.positive_int("step", step, "None: the window", optional=True)
         if scales is not None and (
             not scales or any(isinstance(s, bool) or not isinstance(s, int) for s in scales)
         ):
