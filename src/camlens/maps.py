@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,7 @@ __all__ = [
     "random_weights",
     "reciprocam_features",
     "reciprocam_kernel",
+    "resize",
     "scorecam_masks",
     "scorecam_weights",
     "sess_fuse",
@@ -1137,12 +1139,29 @@ def upsample(maps: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:
         raise ValueError(
             f"maps {tuple(maps.shape)} have {maps.ndim - 1} spatial axes, size {size} has {len(size)}"
         )
-    if tuple(maps.shape[1:]) == size:
-        return maps
+    return resize(maps.unsqueeze(1), size).squeeze(1)
+
+
+def resize(x: Tensor, size: Sequence[int], *, antialias: bool = False) -> Tensor:
+    """Resize ``(B, C, *spatial)`` tensors (maps or images) to ``size``: linear, bilinear or
+    trilinear for 1, 2 or 3 spatial axes, ``align_corners=False``; ``antialias`` (2-D only, like
+    torchvision's ``resize``) low-pass filters when shrinking. Returns ``x`` itself at its own size.
+
+    Example:
+        >>> resize(torch.tensor([[[0.0, 1.0]]]), (4,))
+        tensor([[[0.0000, 0.2500, 0.7500, 1.0000]]])
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
+        return x
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(size))
-    if mode is None:
-        raise ValueError(f"only 1, 2 or 3 spatial axes are supported, got {len(size)}")
-    return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
+    if mode is None or x.ndim - 2 != len(size):
+        raise ValueError(
+            f"cannot resize {tuple(x.shape)} to {size}: 1, 2 or 3 spatial axes after (B, C) only"
+        )
+    return F.interpolate(
+        x, size=size, mode=mode, align_corners=False, antialias=antialias and len(size) == 2
+    )
 
 
 def normalize(maps: Tensor) -> Tensor:

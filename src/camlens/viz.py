@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap
@@ -204,13 +203,10 @@ def _resize(arr: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     """
     if tuple(arr.shape) == tuple(size):
         return arr
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    from camlens.maps import resize
+
     t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-    if len(size) == 2:
-        out = F.interpolate(t, size=size, mode=mode, align_corners=False, antialias=True)
-    else:
-        out = F.interpolate(t, size=size, mode=mode, align_corners=False)
-    return np.clip(out[0, 0].numpy(), 0.0, 1.0)
+    return np.clip(resize(t, size, antialias=True)[0, 0].numpy(), 0.0, 1.0)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:

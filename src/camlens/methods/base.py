@@ -55,6 +55,7 @@ from camlens.capture import (
     resolve_layers,
 )
 from camlens.maps import eigencam_map, input_saliency, normalize, product_fusion, upsample
+from camlens.maps import resize as maps_resize
 from camlens.reshape import ReshapeFn, to_spatial
 from camlens.result import CAMResult, CAMResults
 from camlens.targets import (
@@ -753,6 +754,4 @@ def _specs_like(targets: str | list[TargetSpec], base: list[CAMResult]) -> list[
 
 def upsample_input(x: Tensor, scale: float) -> Tensor:
     """Resize a ``(B, C, *spatial)`` input by ``scale`` (linear interpolation of matching dimension)."""
-    size = [max(1, round(s * scale)) for s in x.shape[2:]]
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
-    return torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=False)
+    return maps_resize(x, [max(1, round(s * scale)) for s in x.shape[2:]])

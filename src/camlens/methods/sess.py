@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camlens import maps
@@ -26,16 +25,6 @@ from camlens.targets import (
 )
 
 __all__ = ["SESS"]
-
-
-def _resize(x: Tensor, size: Sequence[int], *, antialias: bool) -> Tensor:
-    """``(N, C, *s)`` resized to ``size`` by (bi/tri)linear interpolation, ``align_corners=False``."""
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
-    return F.interpolate(
-        x, size=list(size), mode=mode, align_corners=False, antialias=antialias and x.ndim == 4
-    )
 
 
 class SESS(BaseCAM):
@@ -186,7 +175,7 @@ class SESS(BaseCAM):
         window, step, sizes = self._layout(list(x.shape[1:]))
         patches, where = [], []
         for size in sizes:
-            scaled = _resize(x[None], size, antialias=True)[0]
+            scaled = maps.resize(x[None], size, antialias=True)[0]
             starts = [maps.sliding_windows(n, step, window) for n in size]
             # the last axis varies fastest (pytorch-grad-cam: rows outer, columns inner)
             for corner in itertools.product(*starts):
@@ -329,7 +318,7 @@ class SESS(BaseCAM):
             canvas = torch.zeros(scaled, dtype=m.dtype, device=m.device)
             index = tuple(slice(c, c + w) for c, w in zip(corner, m.shape, strict=True))
             canvas[index] = m * weights[p]
-            pasted.append(_resize(canvas[None, None], size, antialias=False)[0, 0])
+            pasted.append(maps.resize(canvas[None, None], size)[0, 0])
         if not pasted:
             return torch.zeros(size, device=x.device)
         return maps.sess_fuse(torch.stack(pasted), self.theta, self.pool)
