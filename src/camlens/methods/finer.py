@@ -142,8 +142,8 @@ class FinerCAM(BaseCAM):
         if self.weighting == "probability":
             weights = output.detach().float().softmax(dim=1).gather(1, refs)
         objective = maps.finer_objective(output, classes, refs, self.alpha, weights)
-        details["comparisons"] = refs.detach().clone()
-        details["objective"] = objective.detach().clone()
+        details["comparisons"] = refs.detach()
+        details["objective"] = objective.detach()
         return objective
 
 

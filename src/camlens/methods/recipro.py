@@ -121,7 +121,7 @@ class ReciproCAM(BaseCAM):
         index = index.round().long().flatten()
 
         def place(rows: Tensor, feats: Tensor) -> Tensor:
-            out = act[rows.to(act.device)].flatten(1).clone()
+            out = act[rows.to(act.device)].flatten(1)  # indexing with a tensor copies
             out[:, index] = feats.flatten(1).to(act.dtype)
             return out.reshape(len(rows), *act.shape[1:])
 

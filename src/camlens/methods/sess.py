@@ -311,8 +311,9 @@ class SESS(BaseCAM):
         """One image's patch maps, weighted, pasted back on their scale, resized to ``x``, fused."""
         size = list(x.shape[2:])
         pasted = []
+        kept = keep.tolist()  # one transfer, not one per patch
         for p, (scaled, corner) in enumerate(where):
-            if not bool(keep[p]):
+            if not kept[p]:
                 continue
             m = patch_maps[offset + p]
             canvas = torch.zeros(scaled, dtype=m.dtype, device=m.device)
