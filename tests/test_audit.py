@@ -371,6 +371,37 @@ def test_a_bad_manifest_row_is_refused_before_anything_is_written(
         open_source(man, None)
 
 
+def test_a_model_that_fails_on_the_first_batch_leaves_nothing(
+    data: planted.Planted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--size 3`` is smaller than the planted models' 12x12 kernel: the first batch of 8 fails in
+    the methods (a folder: every label known) or in the forward that predicts the missing labels (a
+    manifest with some labels empty). Both are a model error (exit 2, one line), and --out is never
+    made: run.json is written with the first shard, which a good run then does."""
+    man = tmp_path / "some-labels.csv"
+    rows = [
+        f"{p},{lab if i % 2 else ''}\n"
+        for i, (p, lab) in enumerate(zip(data.paths[:20], data.labels[:20], strict=True))
+    ]
+    man.write_text("path,label\n" + "".join(rows))
+    model = ["--model", MODEL.format("honest_model"), "--device", "cpu", "--quiet", "--no-report"]
+    for source in (data.images, man):
+        out = tmp_path / f"out-{source.name}"
+        argv = ["audit", str(source), *model, "--batch-size", "8", "--out", str(out)]
+        code = cli([*argv, "--size", "3"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, err
+        assert err.startswith(
+            "camlens audit: error: the model failed on an input of shape (8, 3, 3, 3)"
+        )
+        assert "\n" not in err and "internal error" not in err
+        assert not out.exists()
+    assert cli(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["model"] == MODEL.format("honest_model") and run["config"]["size"] is None
+    assert run["config"]["target"] == "label" and read_results(out).num_rows == 20
+
+
 def test_a_csv_manifest_with_a_byte_order_mark(data: planted.Planted, tmp_path: Path) -> None:
     """Excel's "CSV UTF-8" starts with a BOM; the first column is still ``path``."""
     man = tmp_path / "bom.csv"
