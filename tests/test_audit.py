@@ -421,6 +421,32 @@ def test_a_csv_manifest_with_a_byte_order_mark(data: planted.Planted, tmp_path: 
     assert got == {str(p): list(CLASSES).index(lab) for p, lab in rows}
 
 
+def test_methods_are_read_as_explain_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--methods all`` is every method of the catalog, aliases are their registry names, each
+    once, in the order given (the audit itself is replaced: only the parsed arguments are looked at)."""
+    import camlens.audit.runner as runner
+    from camlens import _catalog
+
+    seen: list[tuple[str, ...]] = []
+
+    def fake(data: str, out: str, config: ExplainConfig, **kw: object) -> None:
+        seen.append(config.methods)
+        raise ValueError("stopped here by the test")
+
+    monkeypatch.setattr(runner, "audit", fake)
+    for methods in ("all", "Grad-CAM++, gradcam,gradcampp", "layercam,all"):
+        assert cli(["audit", str(tmp_path), "--methods", methods, "--quiet"]) == 2
+        assert "stopped here by the test" in capsys.readouterr().err
+    every = tuple(_catalog.names())
+    assert seen == [
+        every,
+        ("gradcam++", "gradcam"),
+        ("layercam", *(m for m in every if m != "layercam")),
+    ]
+
+
 def test_class_mapping(tmp_path: Path) -> None:
     m, classes, how = map_labels(
         ["Star", "circle"], ["circle", "square", "triangle", "star"], "folder"
