@@ -22,6 +22,7 @@ from camlens.audit.analysis import CUE_SHARE
 from camlens.audit.batch import Explainer
 from camlens.audit.dataset import map_labels, open_source
 from camlens.audit.store import ResultStore
+from camlens.demo import CLASSES
 
 MODEL = "camlens.audit.planted:{}"
 
@@ -333,6 +334,117 @@ def test_user_errors_are_one_line_with_exit_2(
     assert "holds an audit with another model" in capsys.readouterr().err
     assert cli(["audit", str(data.images), *other, "--out", str(out), "--force"]) == 0
     assert kinds(json.loads((out / "summary.json").read_text())) == [("star", "fixed_position")]
+
+
+def test_a_bad_manifest_row_is_refused_before_anything_is_written(
+    data: planted.Planted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A malformed box or an empty path on row 26 of 30 (line 26 of the CSV: the header is line 1;
+    the 25th row of a Parquet file) is found before the first batch: exit 2, one line naming the
+    row, and no --out folder (batches of 8 would have written 3 shards before reaching it)."""
+    paths = [str(p) for p in data.paths[:30]]
+    boxes = ["0,0,40,40"] * 30
+    boxes[24] = "30,30,10,10"  # x1 < x0
+    man = tmp_path / "bad.csv"
+    man.write_text(
+        "path,box\n" + "".join(f'{p},"{b}"\n' for p, b in zip(paths, boxes, strict=True))
+    )
+    empty = tmp_path / "empty.csv"
+    empty.write_text("path\n" + "".join(f"{p}\n" for p in paths[:27]) + '""\n' + paths[28] + "\n")
+    table = pa.table({"path": paths, "box": boxes})
+    pq.write_table(table, tmp_path / "bad.parquet")
+    model = ["--model", MODEL.format("honest_model"), "--device", "cpu", "--quiet", "--no-report"]
+    cases = [
+        (man, "row 26: box '30,30,10,10' is empty"),
+        (empty, "row 29: empty path"),
+        (tmp_path / "bad.parquet", "row 25: box '30,30,10,10' is empty"),
+    ]
+    for source, msg in cases:
+        out = tmp_path / f"out-{source.name}"
+        code = cli(["audit", str(source), *model, "--batch-size", "8", "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, err
+        assert err.startswith("camlens audit: error: manifest ") and msg in err, err
+        assert "\n" not in err and "Traceback" not in err
+        assert not out.exists()  # nothing written: no results.parquet/, no run.json
+    with pytest.raises(ValueError, match="row 26: box"):
+        open_source(man, None)
+
+
+def test_a_model_that_fails_on_the_first_batch_leaves_nothing(
+    data: planted.Planted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--size 3`` is smaller than the planted models' 12x12 kernel: the first batch of 8 fails in
+    the methods (a folder: every label known) or in the forward that predicts the missing labels (a
+    manifest with some labels empty). Both are a model error (exit 2, one line), and --out is never
+    made: run.json is written with the first shard, which a good run then does."""
+    man = tmp_path / "some-labels.csv"
+    rows = [
+        f"{p},{lab if i % 2 else ''}\n"
+        for i, (p, lab) in enumerate(zip(data.paths[:20], data.labels[:20], strict=True))
+    ]
+    man.write_text("path,label\n" + "".join(rows))
+    model = ["--model", MODEL.format("honest_model"), "--device", "cpu", "--quiet", "--no-report"]
+    for source in (data.images, man):
+        out = tmp_path / f"out-{source.name}"
+        argv = ["audit", str(source), *model, "--batch-size", "8", "--out", str(out)]
+        code = cli([*argv, "--size", "3"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, err
+        assert err.startswith(
+            "camlens audit: error: the model failed on an input of shape (8, 3, 3, 3)"
+        )
+        assert "\n" not in err and "internal error" not in err
+        assert not out.exists()
+    assert cli(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["model"] == MODEL.format("honest_model") and run["config"]["size"] is None
+    assert run["config"]["target"] == "label" and read_results(out).num_rows == 20
+
+
+def test_a_csv_manifest_with_a_byte_order_mark(data: planted.Planted, tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM; the first column is still ``path``."""
+    man = tmp_path / "bom.csv"
+    rows = list(zip(data.paths[:12], data.labels[:12], strict=True))
+    man.write_text(
+        "path,label\n" + "".join(f"{p},{lab}\n" for p, lab in rows), encoding="utf-8-sig"
+    )
+    assert man.read_bytes()[:3] == b"\xef\xbb\xbf"
+    src = open_source(man, list(CLASSES))
+    assert src.has_labels and src.label_index == {
+        n: list(CLASSES).index(n) for n in set(data.labels[:12])
+    }
+    res = audit(man, tmp_path / "out", cfg("honest_model"), report=False)
+    assert res.images == 12 and res.errors == 0
+    d = read_results(tmp_path / "out").to_pydict()
+    got = dict(zip(d["path"], d["label"], strict=True))
+    assert got == {str(p): list(CLASSES).index(lab) for p, lab in rows}
+
+
+def test_methods_are_read_as_explain_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--methods all`` is every method of the catalog, aliases are their registry names, each
+    once, in the order given (the audit itself is replaced: only the parsed arguments are looked at)."""
+    import camlens.audit.runner as runner
+    from camlens import _catalog
+
+    seen: list[tuple[str, ...]] = []
+
+    def fake(data: str, out: str, config: ExplainConfig, **kw: object) -> None:
+        seen.append(config.methods)
+        raise ValueError("stopped here by the test")
+
+    monkeypatch.setattr(runner, "audit", fake)
+    for methods in ("all", "Grad-CAM++, gradcam,gradcampp", "layercam,all"):
+        assert cli(["audit", str(tmp_path), "--methods", methods, "--quiet"]) == 2
+        assert "stopped here by the test" in capsys.readouterr().err
+    every = tuple(_catalog.names())
+    assert seen == [
+        every,
+        ("gradcam++", "gradcam"),
+        ("layercam", *(m for m in every if m != "layercam")),
+    ]
 
 
 def test_class_mapping(tmp_path: Path) -> None:

@@ -630,6 +630,27 @@ def test_method_names_all_aliases_and_order() -> None:
             ["layers", "--model", "torchvision:resnet18", "--weights", "imgs/im0.png"],
             ("im0.png", "state_dict"),
         ),
+        (
+            ["layers", "--model", "camlens.audit.planted:honest_model", "--size", "3"],
+            (
+                "failed on an input of shape (1, 3, 3, 3)",
+                "12 x 12",
+                "; pass its input size with --size",
+            ),
+        ),
+        (
+            [
+                "explain",
+                "imgs/im0.png",
+                "--model",
+                "camlens.audit.planted:honest_model",
+                "--size",
+                "3",
+                "--out",
+                "b1",
+            ],
+            ("failed on an input of shape (1, 3, 3, 3)", "(--size, --mean and --std)"),
+        ),
         (["evaluate", "--model", "mymodels.py:build", "--n", "2"], ("demo",)),
         (["evaluate", "--methods", "nope"], ("nope",)),
         (["demo", "--n", "0"], ("--n",)),
@@ -642,6 +663,26 @@ def test_bad_input_is_one_line_and_exit_2(
     user_error(run(*argv), *needles)
     for folder in ("b1", "b2", "b3"):
         assert not (ws / folder).exists()  # checked before anything was written
+
+
+def test_a_model_error_is_one_line_of_bounded_length() -> None:
+    """The model's own message, however long and on however many lines, is one line cut at 200
+    characters, followed by what to do."""
+    from camlens.methods.base import ModelError, model_error
+
+    x = torch.zeros(2, 3, 5, 7)
+    long = RuntimeError("first line\n  " + "x" * 300)
+    e = model_error(x, long, hint="pass its input size with --size")
+    text = str(e)
+    assert isinstance(e, ModelError) and "\n" not in text
+    inner = text[text.index("(RuntimeError: ") + len("(RuntimeError: ") : text.index("); ")]
+    assert len(inner) == 200 and inner == ("first line " + "x" * 300)[:200]
+    assert text.startswith("the model failed on an input of shape (2, 3, 5, 7) (RuntimeError: ")
+    assert text.endswith("); pass its input size with --size")
+    assert str(model_error(x, ValueError("bad"))) == (
+        "the model failed on an input of shape (2, 3, 5, 7) (ValueError: bad); check that the "
+        "input has the channels, size and dtype the model expects"
+    )
 
 
 def test_decompression_bomb_exit_2_naming_the_limit(run, ws: Path) -> None:

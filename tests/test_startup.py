@@ -85,6 +85,13 @@ def test_imports_without_torch_in_a_fresh_interpreter(tmp_path: Path) -> None:
         ["explain", "img.png", "--model", "resnet18", "--out", "o4"],
         ["explain", "img.png", "--out", "out"],  # the output exists: refused before any work
         ["nonsense"],
+        ["audit", "--help"],
+        ["audit", "data", "--batch-size", "0", "--out", "a1"],
+        ["audit", "data", "--methods", "gradcan", "--out", "a2"],
+        ["audit", "data", "--methods", ",", "--out", "a3"],
+        ["audit", "data", "--size", "huge", "--out", "a4"],
+        ["audit", "data", "--model", "resnet18", "--out", "a5"],
+        ["audit", "data", "--workers", "-1", "--out", "a6"],
     ]
     script = (
         "import json, sys\n"
@@ -107,14 +114,20 @@ def test_imports_without_torch_in_a_fresh_interpreter(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["codes"] == [0, 0, 0, 0, 0] + [2] * 11
+    assert result["codes"] == [0, 0, 0, 0, 0] + [2] * 11 + [0] + [2] * 6
     assert result["mods"] == {"torch": False, "numpy": True, "torchvision": False}
     assert result["after_import"] is False
     assert "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if "error" in ln]
-    assert len(errors) == 11  # one line each
+    assert len(errors) == 17  # one line each
     assert any("jett" in ln and "did you mean jet" in ln for ln in errors)
     assert any("unknown model 'resnet18'" in ln for ln in errors)
+    audit = [ln for ln in errors if ln.startswith("camlens audit: error: ")]
+    assert len(audit) == 6
+    for needle in ("--batch-size", "'gradcan'", "--methods names no method", "'huge'"):
+        assert sum(needle in ln for ln in audit) == 1, needle
+    assert sum("unknown model 'resnet18'" in ln for ln in audit) == 1
+    assert not any((tmp_path / f"a{i}").exists() for i in range(1, 7))
 
 
 # --------------------------------------------------------------------------- Ctrl-C

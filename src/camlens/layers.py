@@ -56,18 +56,14 @@ def describe_layers(model: nn.Module, x: Tensor) -> list[LayerInfo]:
         ModelError: the model fails on ``x`` (pass its input size).
     """
     from camlens.capture import layer_table
-    from camlens.methods import ModelError
+    from camlens.methods.base import model_error
 
     try:
         rows, auto = layer_table(model, x)
     except ValueError:
         raise
     except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
-        raise ModelError(
-            f"the model failed on a zero input of shape {tuple(x.shape)} ({type(exc).__name__}: "
-            f"{msg}); pass its input size with --size"
-        ) from exc
+        raise model_error(x, exc, hint="pass its input size with --size") from exc
     by_name = {name: (shape, layout) for name, shape, layout in rows}
     out = []
     for name, module in model.named_modules():

@@ -178,7 +178,7 @@ def model_logits(model: nn.Module, x: Tensor) -> Tensor:
     """
     import torch
 
-    from camlens.methods import ModelError
+    from camlens.methods.base import model_error
     from camlens.targets import select_output
 
     try:
@@ -187,10 +187,8 @@ def model_logits(model: nn.Module, x: Tensor) -> Tensor:
     except ValueError:
         raise
     except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
-        raise ModelError(
-            f"the model failed on an input of shape {tuple(x.shape)} ({type(exc).__name__}: {msg}); "
-            "check the input size and normalisation (--size, --mean and --std)"
+        raise model_error(
+            x, exc, hint="check the input size and normalisation (--size, --mean and --std)"
         ) from exc
 
 

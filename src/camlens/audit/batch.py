@@ -171,10 +171,11 @@ class Explainer:
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _forward(self, x: Tensor) -> Tensor:
+        from camlens.methods.base import run_model
         from camlens.targets import select_output
 
         with torch.no_grad():
-            out = select_output(self.loaded.model(x))
+            out = select_output(run_model(self.loaded.model, x))
         if not (isinstance(out, Tensor) and out.ndim == 2):
             raise ValueError(
                 "the audit explains classifiers: the model's output must be (B, num_classes) logits"

@@ -1,9 +1,10 @@
 """The reader of an audit: a folder of class folders or a CSV/Parquet manifest, streamed item by item.
 
 A data set is opened once with :func:`open_source`, which checks it and settles the class mapping (it
-reads the label column of a manifest, nothing else); :func:`iter_items` then yields one :class:`Item`
-per image in a fixed order, without holding the data set in memory (a class folder's file names are
-listed and sorted one folder at a time; a manifest is read in chunks).
+reads a manifest's path, label and box columns once, so that a bad row is refused before any work);
+:func:`iter_items` then yields one :class:`Item` per image in a fixed order, without holding the data
+set in memory (a class folder's file names are listed and sorted one folder at a time; a manifest is
+read in chunks).
 
 Labels:
     * Folder: one subfolder per class, images anywhere below it. The folder names are matched to the
@@ -215,26 +216,36 @@ def _parquet_columns(path: Path) -> list[str]:
 
 
 def _csv_columns(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), None)
     return [h.strip() for h in header] if header else []
 
 
-def _manifest_rows(path: Path, kind: str, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """The manifest's rows as dicts of the wanted columns, read in chunks."""
+def _manifest_rows(
+    path: Path, kind: str, columns: Sequence[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The manifest's rows as ``(number, dict of the wanted columns)``, read in chunks.
+
+    The number is the one a user finds the row under: a CSV row's line (the header is line 1, as a
+    spreadsheet numbers its rows), a Parquet row's position counted from 1. A CSV is read as UTF-8
+    with or without a byte-order mark.
+    """
     if kind == "parquet":
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
+        n = 0
         for batch in pf.iter_batches(batch_size=4096, columns=list(columns)):
-            yield from batch.to_pylist()
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
         return
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is not None:
             reader.fieldnames = [h.strip() for h in reader.fieldnames]
         for row in reader:
-            yield {c: row.get(c) for c in columns}
+            yield reader.line_num, {c: row.get(c) for c in columns}
 
 
 def _is_int(text: Any) -> bool:
@@ -276,6 +287,22 @@ def parse_box(value: Any) -> tuple[float, float, float, float] | None:
     return (x0, y0, x1, y1)
 
 
+def _checked_row(
+    manifest: Path, n: int, row: dict[str, Any]
+) -> tuple[str, tuple[float, float, float, float] | None]:
+    """A manifest row's path and box, or a :class:`ValueError` that names the row."""
+    raw = row.get("path")
+    if _empty(raw):
+        raise ValueError(
+            f"manifest {str(manifest)!r} row {n}: empty path; give every row an image path"
+        )
+    try:
+        box = parse_box(row.get("box"))
+    except ValueError as exc:
+        raise ValueError(f"manifest {str(manifest)!r} row {n}: {exc}; fix or empty it") from None
+    return str(raw).strip(), box
+
+
 # --------------------------------------------------------------------------- opening
 
 
@@ -291,8 +318,9 @@ def open_source(data: str | os.PathLike[str], model_classes: Sequence[str] | Non
 
     Raises:
         FileNotFoundError: ``data`` does not exist.
-        ValueError: a folder without class folders, a manifest without a ``path`` column, labels that
-            do not fit the model (see :func:`map_labels`).
+        ValueError: a folder without class folders, a manifest without a ``path`` column, a manifest
+            row without a path or with a malformed box (the row is named), labels that do not fit
+            the model (see :func:`map_labels`).
     """
     path = Path(data)
     if not path.exists():
@@ -326,19 +354,25 @@ def open_source(data: str | os.PathLike[str], model_classes: Sequence[str] | Non
         )
     has_labels = "label" in cols
     src = DataSource(path, kind, [], has_labels, "mask" in cols, "box" in cols)
+    # every row is checked now, so that a bad one is refused before anything is written
+    wanted = [c for c in ("path", "label", "box") if c in cols]
+    names: set[str] = set()
+    ints: set[int] = set()
+    try:
+        for n, row in _manifest_rows(path, kind, wanted):
+            _checked_row(path, n, row)
+            v: Any = row.get("label")
+            if _empty(v):
+                continue
+            if _is_int(v):
+                ints.add(int(v))
+            else:
+                names.add(str(v).strip())
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the manifest {str(path)!r} ({exc})") from exc
     if not has_labels:
         src.mapping = "no label column: the model's predicted class is explained"
         return src
-    names: set[str] = set()
-    ints: set[int] = set()
-    for row in _manifest_rows(path, kind, ["label"]):
-        v = row["label"]
-        if _empty(v):
-            continue
-        if _is_int(v):
-            ints.add(int(v))
-        else:
-            names.add(str(v).strip())
     if names and ints:
         raise ValueError(
             f"manifest {str(path)!r} mixes integer labels and class names; use one or the other"
@@ -386,21 +420,15 @@ def iter_items(source: DataSource) -> Iterator[Item]:
         return
     base = source.path.resolve().parent
     cols = [c for c in _COLUMNS if c == "path" or getattr(source, _HAS[c])]
-    for n, row in enumerate(_manifest_rows(source.path, source.kind, cols), start=2):
-        raw = row.get("path")
-        if _empty(raw):
-            raise ValueError(f"manifest {str(source.path)!r} row {n}: empty path")
+    for n, row in _manifest_rows(source.path, source.kind, cols):
+        raw, box = _checked_row(source.path, n, row)
         label = -1
         lab: Any = row.get("label")
         if not _empty(lab):
             label = source.label_index[str(int(lab)) if _is_int(lab) else str(lab).strip()]
         mask = row.get("mask")
-        try:
-            box = parse_box(row.get("box"))
-        except ValueError as exc:
-            raise ValueError(f"manifest {str(source.path)!r} row {n}: {exc}") from None
         yield Item(
-            _resolve(base, str(raw).strip()),
+            _resolve(base, raw),
             label,
             "" if _empty(mask) else _resolve(base, str(mask).strip()),
             box,

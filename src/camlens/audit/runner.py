@@ -173,7 +173,8 @@ def audit(
     if force and previous is None:
         store.clear()
     store.recover()
-    store.write_run(
+    # run.json goes with the first shard: a run refused at its first batch writes nothing
+    store.write_run_with_first_shard(
         {
             "config": fingerprint,
             "engine": engine,

@@ -75,6 +75,7 @@ class ResultStore:
             )
         self._seq = 0
         self._token = secrets.token_hex(4)
+        self._run_info: dict[str, Any] | None = None
 
     # ---- layout ----------------------------------------------------------------------------------
     def shards(self) -> list[Path]:
@@ -145,6 +146,9 @@ class ResultStore:
         import pyarrow.parquet as pq
 
         self.root.mkdir(parents=True, exist_ok=True)
+        if self._run_info is not None:
+            self.write_run(self._run_info)
+            self._run_info = None
         if replaces:
             meta = dict(table.schema.metadata or {})
             meta[_REPLACES] = json.dumps(replaces).encode()
@@ -216,6 +220,12 @@ class ResultStore:
         from camlens.io import atomic_write_text
 
         atomic_write_text(self.run_file, json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+    def write_run_with_first_shard(self, info: dict[str, Any]) -> None:
+        """Store the run's configuration just before this store's first shard is written (see
+        :meth:`write_run`): a run that fails before its first batch is done (a model that fails on
+        the input) leaves nothing behind."""
+        self._run_info = info
 
 
 def read_results(out: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:

@@ -26,6 +26,7 @@ __all__ = [
     "load_model",
     "method_names",
     "positive_int",
+    "preprocess_overrides",
     "progress",
     "say",
     "show_warning",
@@ -230,25 +231,32 @@ def device(text: str) -> str:
         raise CLIError(str(exc)) from exc
 
 
+def preprocess_overrides(
+    args: argparse.Namespace,
+) -> tuple[tuple[int, int] | None, tuple[float, ...] | None, tuple[float, ...] | None]:
+    """``(size, mean, std)`` of ``--size/--mean/--std`` (``None`` where not given), without torch."""
+    from camlens.models.preprocess import parse_mean_std, parse_size
+
+    size = getattr(args, "size", None)
+    mean = getattr(args, "mean", None)
+    std = getattr(args, "std", None)
+    return (
+        parse_size(size) if size else None,
+        parse_mean_std(mean, "mean") if mean else None,
+        parse_mean_std(std, "std") if std else None,
+    )
+
+
 def load_model(args: argparse.Namespace, weights: str | None = None) -> LoadedModel:
     """The model of ``--model``/``--weights``/``--device`` and the ``--size/--mean/--std`` overrides."""
     from camlens.models import load_model as load
     from camlens.models import parse_spec
-    from camlens.models.preprocess import parse_mean_std, parse_size
 
     parse_spec(args.model)  # an unknown spec fails before torch is imported (for --device)
-    size = getattr(args, "size", None)
-    mean = getattr(args, "mean", None)
-    std = getattr(args, "std", None)
     chosen = args.weights if args.weights is not None else weights
-    return load(
-        args.model,
-        chosen,
-        device=device(args.device),
-        size=parse_size(size) if size else None,
-        mean=parse_mean_std(mean, "mean") if mean else None,
-        std=parse_mean_std(std, "std") if std else None,
-    )
+    dev = device(args.device)  # checked before the overrides, as before
+    size, mean, std = preprocess_overrides(args)
+    return load(args.model, chosen, device=dev, size=size, mean=mean, std=std)
 
 
 def warn_random_weights(lm: LoadedModel) -> None:

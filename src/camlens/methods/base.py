@@ -94,11 +94,16 @@ class ModelError(RuntimeError):
     """The model itself failed to run on the input it was given."""
 
 
-def model_error(x: Tensor, e: BaseException) -> ModelError:
-    """The one error camlens raises when the model fails on ``x`` (first forward or internal pass)."""
+def model_error(x: Tensor, e: BaseException, hint: str | None = None) -> ModelError:
+    """The one error camlens raises when the model fails on ``x`` (first forward or internal pass).
+
+    Its message is one line: the model's own message on one line, cut at 200 characters, then
+    ``hint`` (what to do; by default, check the input's channels, size and dtype).
+    """
+    msg = " ".join(str(e).split())[:200]
     return ModelError(
-        f"the model failed on an input of shape {tuple(x.shape)} ({type(e).__name__}: {e}); check that "
-        "the input has the channels, size and dtype the model expects"
+        f"the model failed on an input of shape {tuple(x.shape)} ({type(e).__name__}: {msg}); "
+        + (hint or "check that the input has the channels, size and dtype the model expects")
     )
 
 

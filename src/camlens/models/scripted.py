@@ -226,7 +226,7 @@ def script_to_hookable(script: nn.Module, probe: Tensor) -> nn.Module:
     Raises:
         ModelError: the compiled model itself fails on ``probe`` (a wrong input size).
     """
-    from camlens.methods import ModelError
+    from camlens.methods.base import model_error
     from camlens.targets import select_output
 
     proxy = ScriptProxy(script).eval()
@@ -234,10 +234,7 @@ def script_to_hookable(script: nn.Module, probe: Tensor) -> nn.Module:
         try:
             expected = select_output(script(probe))
         except Exception as exc:
-            raise ModelError(
-                f"the TorchScript model failed on an input of shape {tuple(probe.shape)} "
-                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); pass its input size with --size"
-            ) from exc
+            raise model_error(probe, exc, hint="pass its input size with --size") from exc
         for _ in range(sum(1 for _ in proxy.modules()) + 1):
             try:
                 got = select_output(proxy(probe))

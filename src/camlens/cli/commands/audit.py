@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from camlens.cli.commands import Command
+from camlens.cli.common import add_model_args, method_names, preprocess_overrides
 from camlens.cli.errors import EXIT_INTERRUPTED, CLIError
 
 DEFAULT_OUT = "camlens-audit"
@@ -46,31 +47,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "data", metavar="DATA", help="a folder of class folders, or a CSV/Parquet manifest"
     )
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        "-m",
-        default="demo",
-        metavar="SPEC",
-        help="demo (default), torchvision:NAME, timm:NAME, hf:NAME, torchscript:FILE or module:callable",
-    )
-    g.add_argument(
-        "--weights", "-w", metavar="FILE", help="a local state dict to load into the model"
-    )
-    g.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)"
-    )
-    g.add_argument("--size", metavar="N|HxW", help="input size (default: the model's own)")
-    g.add_argument(
-        "--mean", metavar="M|R,G,B", help="normalisation mean (default: the model's own)"
-    )
-    g.add_argument("--std", metavar="S|R,G,B", help="normalisation std (default: the model's own)")
+    add_model_args(p)
     g = p.add_argument_group("maps")
     g.add_argument(
         "--methods",
         default="gradcam",
         metavar="NAMES",
-        help="comma-separated methods (default: gradcam; see `camlens methods`)",
+        help="comma-separated methods, or all (default: gradcam; see `camlens methods`)",
     )
     g.add_argument("--layer", "-l", metavar="NAME", help="layer to explain (default: automatic)")
     g.add_argument(
@@ -127,10 +110,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """The audit on parsed arguments; errors go to the command line's policy (exit 2, 1)."""
-    from camlens.audit.batch import ExplainConfig
-    from camlens.audit.runner import audit
-    from camlens.models import parse_mean_std, parse_size
+    """The audit on parsed arguments; errors go to the command line's policy (exit 2, 1).
+
+    The arguments are checked before torch is imported (by the audit's modules), so a mistake in
+    them is answered at once.
+    """
+    from camlens.models import parse_spec
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, not {args.batch_size}")
@@ -140,13 +125,15 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.max_per_class < 10:
         raise CLIError(f"--max-per-class must be at least 10, not {args.max_per_class}")
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    if not methods:
+    if not args.methods.replace(",", "").strip():
         raise CLIError("--methods names no method; e.g. --methods gradcam (see `camlens methods`)")
-    from camlens.methods import get_method
+    methods = tuple(method_names([args.methods], "gradcam"))  # an unknown name fails here
+    size, mean, std = preprocess_overrides(args)
+    parse_spec(args.model)  # an unknown model spec too
 
-    for m in methods:
-        get_method(m)  # an unknown name fails here with the list of known ones
+    from camlens.audit.batch import ExplainConfig
+    from camlens.audit.runner import audit
+
     quiet = bool(getattr(args, "quiet", False))
     config = ExplainConfig(
         model=args.model,
@@ -155,9 +142,9 @@ def _run(args: argparse.Namespace) -> int:
         layer=args.layer,
         target=args.target or "label",
         device=args.device,
-        size=parse_size(args.size) if args.size else None,
-        mean=parse_mean_std(args.mean, "mean") if args.mean else None,
-        std=parse_mean_std(args.std, "std") if args.std else None,
+        size=size,
+        mean=mean,
+        std=std,
     )
 
     def say(text: str) -> None:
