@@ -187,9 +187,7 @@ def model_logits(model: nn.Module, x: Tensor) -> Tensor:
     except ValueError:
         raise
     except Exception as exc:
-        raise model_error(
-            x, exc, hint="check the input size and normalisation (--size, --mean and --std)"
-        ) from exc
+        raise model_error(x, exc) from exc  # the command line names its --size/--mean/--std
 
 
 def shared_range(results: Iterable[CAMResult]) -> tuple[float, float]:

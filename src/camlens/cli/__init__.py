@@ -25,6 +25,7 @@ from camlens.cli.errors import (
     CLIError,
     is_user_error,
     one_line,
+    with_input_options,
 )
 
 __all__ = ["CLIError", "build_parser", "main"]
@@ -102,7 +103,10 @@ def _run(argv: Sequence[str] | None) -> int:
         if getattr(args, "debug", False):
             traceback.print_exc()
         if is_user_error(exc):
-            print(f"{PROG} {cmd.name}: error: {one_line(exc)}", file=sys.stderr, flush=True)
+            message = one_line(exc)
+            if hasattr(args, "size"):  # the command has the options that set the model's input
+                message = with_input_options(message)
+            print(f"{PROG} {cmd.name}: error: {message}", file=sys.stderr, flush=True)
             return EXIT_USER
         print(
             f"{PROG} {cmd.name}: internal error: {type(exc).__name__}: {one_line(exc)} "

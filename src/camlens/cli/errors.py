@@ -47,6 +47,19 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def with_input_options(message: str) -> str:
+    """A model error's generic advice made concrete for a command with ``--size/--mean/--std``."""
+    base = sys.modules.get("camlens.methods.base")
+    generic = getattr(base, "MODEL_HINT", None)
+    if generic and message.endswith(generic):
+        return message[: -len(generic)] + INPUT_OPTIONS_HINT
+    return message
+
+
+#: The advice for a model that fails on its input, where the command sets it.
+INPUT_OPTIONS_HINT = "check the input size and normalisation (--size, --mean and --std)"
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the user's to fix (exit 2) rather than a bug (exit 1)."""
     kinds: list[type[BaseException]] = [

@@ -94,6 +94,10 @@ class ModelError(RuntimeError):
     """The model itself failed to run on the input it was given."""
 
 
+#: What :func:`model_error` tells the user to check when the caller has nothing more precise.
+MODEL_HINT = "check that the input has the channels, size and dtype the model expects"
+
+
 def model_error(x: Tensor, e: BaseException, hint: str | None = None) -> ModelError:
     """The one error camlens raises when the model fails on ``x`` (first forward or internal pass).
 
@@ -103,7 +107,7 @@ def model_error(x: Tensor, e: BaseException, hint: str | None = None) -> ModelEr
     msg = " ".join(str(e).split())[:200]
     return ModelError(
         f"the model failed on an input of shape {tuple(x.shape)} ({type(e).__name__}: {msg}); "
-        + (hint or "check that the input has the channels, size and dtype the model expects")
+        + (hint or MODEL_HINT)
     )
 
 
