@@ -15,6 +15,8 @@ from pngfile import write_png
 
 from camlens.images import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_FORMATS,
+    IMAGE_SUFFIXES,
     Geometry,
     ImageTooLargeError,
     find_images,
@@ -141,6 +143,35 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_image(tmp_path / "missing.png")
     with pytest.raises(TypeError, match="cannot load an image from a dict"):
         load_image({})  # type: ignore[arg-type]
+
+
+def test_only_the_allowed_formats_are_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import EpsImagePlugin
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    (tmp_path / "doc.eps").write_bytes(eps)
+    (tmp_path / "doc.png").write_bytes(eps)  # the name does not matter, the format does
+    with Image.open(tmp_path / "doc.eps") as im:
+        assert im.format == "EPS"  # Pillow alone would open it (and run Ghostscript to load it)
+    opened: list[bytes] = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(b"x"))
+    for path in (tmp_path / "doc.eps", tmp_path / "doc.png"):
+        for call in (load_image, probe_image):
+            with pytest.raises(ValueError) as info:
+                call(path)
+            assert str(info.value) == (
+                f"{str(path)!r} is not an image file camlens reads; "
+                "pass PNG, JPEG, WebP, BMP, TIFF or GIF images"
+            )
+    with pytest.raises(ValueError, match="not an image file camlens reads"):
+        load_image(eps)
+    assert opened == []  # the EPS plugin never saw the data
+    assert IMAGE_FORMATS == ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+    # every suffix a folder listing takes is one of the allowed formats
+    known = Image.registered_extensions()
+    assert {known[s] for s in IMAGE_SUFFIXES} == set(IMAGE_FORMATS)
 
 
 def test_find_images(tmp_path: Path) -> None:

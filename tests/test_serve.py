@@ -29,6 +29,7 @@ import camlens
 from camlens.cli import build_parser, main
 from camlens.cli.commands.serve import is_loopback
 from camlens.cli.commands.serve import run as run_command
+from camlens.images import IMAGE_FORMATS_TEXT
 from camlens.models import LoadedModel, Preprocess, load_model
 from camlens.serve import Engine, create_app
 
@@ -208,8 +209,35 @@ def private_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return d
 
 
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+
+
+@pytest.fixture
+def eps_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Pillow's EPS plugin (which runs Ghostscript on the data), recording every call it gets."""
+    from PIL import EpsImagePlugin
+
+    assert EpsImagePlugin.EpsImageFile.format == "EPS"
+    factory, accept = Image.OPEN["EPS"]
+    calls: list[str] = []
+
+    def spy_accept(prefix: bytes) -> Any:
+        calls.append("accept")
+        return accept(prefix) if accept else True
+
+    def spy_factory(*args: Any) -> Any:
+        calls.append("open")
+        return factory(*args)
+
+    monkeypatch.setitem(Image.OPEN, "EPS", (spy_factory, spy_accept))
+    with Image.open(io.BytesIO(EPS)) as im:  # the spy sees what Pillow's default open does
+        assert im.format == "EPS" and calls == ["accept", "open"]
+    calls.clear()
+    return calls
+
+
 def test_each_bad_input_gets_its_status_and_the_server_stays_healthy(
-    demo: LoadedModel, private_tmp: Path
+    demo: LoadedModel, private_tmp: Path, eps_spy: list[str]
 ) -> None:
     app = create_app(Engine({"demo": demo}), max_upload_mb=1, max_pixels=1_000_000)
     good = png_bytes((np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8))
@@ -220,6 +248,7 @@ def test_each_bad_input_gets_its_status_and_the_server_stays_healthy(
     with TestClient(app) as c:
         cases = [
             (post(c, b"GIF89a not really"), 400, "not an image"),
+            (post(c, EPS), 400, f"{IMAGE_FORMATS_TEXT} image"),
             (post(c, good[: len(good) // 2]), 400, "truncated"),
             (post(c, noisy), 413, "limit of 1 MB"),
             (post(c, huge.getvalue()), 413, "1,200,000 pixels"),
@@ -237,6 +266,8 @@ def test_each_bad_input_gets_its_status_and_the_server_stays_healthy(
         for r, status, text in cases:
             assert r.status_code == status, (status, r.text)
             assert text in r.json()["detail"], r.json()
+        assert "not an image" in cases[1][0].json()["detail"]
+        assert eps_spy == []  # the EPS upload never reached Pillow's EPS plugin
         assert c.post("/api/explain", files={"file": ("x.png", good)}).status_code == 200
         assert c.get("/healthz").json() == {
             "status": "ok",

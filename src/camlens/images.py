@@ -6,7 +6,8 @@ resolution. This module holds that path; the command line, notebooks and other f
 
 * :func:`load_image` opens one image (a path, bytes, a file object, a PIL image or an array) as an
   upright 8-bit RGB PIL image: EXIF orientation applied, 16-bit and float images scaled (not
-  saturated), palette transparency resolved, and a size limit against decompression bombs.
+  saturated), palette transparency resolved, a size limit against decompression bombs, and only the
+  formats of :data:`IMAGE_FORMATS` (PNG, JPEG, WebP, BMP, TIFF, GIF) opened.
 * :class:`Geometry` records which rectangle of the original the model's input shows;
   :meth:`Geometry.place` puts an input-resolution map back onto the original's pixel grid.
 * :func:`load_images` turns sources into an :class:`ImageBatch`: the normalised batch for the
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_FORMATS",
+    "IMAGE_FORMATS_TEXT",
     "IMAGE_SUFFIXES",
     "Geometry",
     "ImageBatch",
@@ -58,9 +61,20 @@ __all__ = [
     "probe_image",
 ]
 
-#: File name endings treated as images when a folder is listed (files named explicitly may have any).
+#: The only image formats camlens opens (Pillow's format names), for files, bytes and uploads alike.
+#: Pillow knows many more; some hand the data to other programs (EPS runs Ghostscript), so every other
+#: format is refused before any of its code sees the data.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+#: :data:`IMAGE_FORMATS` as messages name them: ``"PNG, JPEG, WebP, BMP, TIFF or GIF"``.
+IMAGE_FORMATS_TEXT: str = (
+    ", ".join("WebP" if f == "WEBP" else f for f in IMAGE_FORMATS[:-1]) + " or " + IMAGE_FORMATS[-1]
+)
+
+#: File name endings treated as images when a folder is listed (files named explicitly may have any);
+#: each is a format of :data:`IMAGE_FORMATS`.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
 
 #: Largest image (width x height) opened by default: Pillow's own decompression-bomb threshold.
@@ -72,9 +86,7 @@ ImageSource: TypeAlias = (
 """What :func:`load_image` accepts: a path, encoded bytes, a binary file object, a PIL image, an
 ``(H, W[, C])`` array or a ``(C, H, W)`` tensor."""
 
-_NOT_AN_IMAGE = (
-    "is not an image file Pillow can read; pass PNG, JPEG, BMP, GIF, TIFF or WebP images"
-)
+_NOT_AN_IMAGE = f"is not an image file camlens reads; pass {IMAGE_FORMATS_TEXT} images"
 _PIL_LOCK = threading.Lock()
 
 
@@ -324,7 +336,10 @@ def _source_name(source: Any) -> str:
 
 @contextlib.contextmanager
 def _opened(source: Any, max_pixels: int | None) -> Iterator[Image.Image]:
-    """Open a path, bytes or file object with Pillow, checking the size limit on the header."""
+    """Open a path, bytes or file object with Pillow, checking the size limit on the header.
+
+    Only the formats of :data:`IMAGE_FORMATS` are tried; any other is "not an image file".
+    """
     Image = _pil()
     from PIL import UnidentifiedImageError
 
@@ -342,7 +357,7 @@ def _opened(source: Any, max_pixels: int | None) -> Iterator[Image.Image]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             try:
-                im = Image.open(fp)
+                im = Image.open(fp, formats=IMAGE_FORMATS)
             except Image.DecompressionBombError:
                 # Pillow refused on the header alone; read the header without its guard, so that
                 # the message can give the size and our own limit (which the caller may raise) applies
@@ -352,7 +367,7 @@ def _opened(source: Any, max_pixels: int | None) -> Iterator[Image.Image]:
                     saved = Image.MAX_IMAGE_PIXELS
                     Image.MAX_IMAGE_PIXELS = None
                     try:
-                        im = Image.open(fp)
+                        im = Image.open(fp, formats=IMAGE_FORMATS)
                     finally:
                         Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
@@ -451,7 +466,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     Raises:
         FileNotFoundError: a path that does not exist.
         ImageTooLargeError: more pixels than ``max_pixels`` (a ``ValueError``).
-        ValueError: not an image Pillow can read, or a truncated file.
+        ValueError: not an image of :data:`IMAGE_FORMATS`, or a truncated file.
         TypeError: a source of another type.
     """
     Image = _pil()
@@ -484,7 +499,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
 def probe_image(
     path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> tuple[int, int]:
-    """Check cheaply (the header only) that a file is an image Pillow can open, within the size limit.
+    """Check cheaply (the header only) that a file is an image camlens opens, within the size limit.
 
     Returns:
         ``(width, height)`` as stored (before any EXIF rotation).
@@ -492,7 +507,7 @@ def probe_image(
     Raises:
         FileNotFoundError: the file does not exist.
         ImageTooLargeError: more pixels than ``max_pixels``.
-        ValueError: the file is not an image Pillow can read.
+        ValueError: the file is not an image of :data:`IMAGE_FORMATS`.
     """
     with _opened(path, max_pixels) as im:
         w, h = im.size

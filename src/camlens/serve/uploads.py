@@ -159,14 +159,17 @@ def decode_image(data: bytes, max_pixels: int) -> Any:
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    from camlens.images import IMAGE_FORMATS, IMAGE_FORMATS_TEXT
+
     # no warnings.catch_warnings here: it is not thread-safe, and this runs in worker threads
     try:
-        image: Any = Image.open(io.BytesIO(data))
+        # only the allowed formats: Pillow's others (EPS runs Ghostscript) never see the data
+        image: Any = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise TooLarge(_pixels_text(None, max_pixels)) from e
     except UnidentifiedImageError as e:
         raise BadUpload(
-            "the upload is not an image that can be read (PNG, JPEG, WebP, BMP, TIFF or GIF)"
+            f"the upload is not an image that can be read; send a {IMAGE_FORMATS_TEXT} image"
         ) from e
     except Exception as e:  # a header so broken that Pillow fails differently
         raise BadUpload(f"the upload is not a readable image ({type(e).__name__})") from e
