@@ -23,6 +23,7 @@ from camlens.images import (
     load_image,
     load_images,
     probe_image,
+    read_image,
 )
 from camlens.models import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from camlens.models.preprocess import as_preprocess
@@ -45,6 +46,29 @@ def test_16_bit_grey_is_scaled_not_saturated(tmp_path: Path) -> None:
     for c in range(3):
         np.testing.assert_array_equal(got[..., c], expected)
     assert (got == 255).mean() < 0.01
+
+
+def test_read_image_is_load_image_without_the_warnings_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grad = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(grad).save(tmp_path / "g16.png")
+    expected = np.asarray(load_image(tmp_path / "g16.png"))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("catch_warnings is not thread-safe")
+
+    data = (tmp_path / "g16.png").read_bytes()
+    with monkeypatch.context() as patched:  # undone before pytest's own use of catch_warnings
+        patched.setattr(warnings, "catch_warnings", refuse)
+        got = [read_image(source) for source in (tmp_path / "g16.png", data)]
+        with pytest.raises(ValueError, match=r"^the upload is not an image file camlens reads"):
+            read_image(b"GIF89a not really", name="the upload")
+        with pytest.raises(ValueError, match=r"^the upload could not be decoded: it is truncated"):
+            read_image(data[: len(data) // 2], name="the upload")
+    for im in got:
+        assert im.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(im), expected)
 
 
 def test_16_bit_rgb_png_keeps_its_range(tmp_path: Path) -> None:

@@ -108,29 +108,56 @@ def test_choices_come_from_fixed_lists(client: TestClient, demo: LoadedModel) ->
 # ---- answers equal in-process calls -------------------------------------------------------------
 
 
+def assert_answer_is_the_in_process_call(
+    answer: dict[str, Any], lm: LoadedModel, image: Any
+) -> torch.Tensor:
+    """The answer's predictions and maps equal the library's on ``image``; returns the top-5."""
+    x = lm.preprocess.normalize(lm.preprocess.view(image)[None])
+    top = lm.model(x).detach().softmax(1)[0].topk(5)
+    assert [p["index"] for p in answer["predictions"]] == top.indices.tolist()
+    np.testing.assert_allclose([p["score"] for p in answer["predictions"]], top.values, rtol=1e-5)
+    assert answer["maps"]
+    for m in answer["maps"]:
+        ref = camlens.get_method(m["method"])(lm.model)(x, target=m["target"])
+        np.testing.assert_allclose(np.array(m["raw"]), ref.raw[0].numpy(), rtol=1e-5, atol=1e-6)
+        assert m["shape"] == list(ref.raw.shape[1:]) and m["layer"] == ref.layer
+        assert m["score"] == pytest.approx(float(ref.scores[0]), rel=1e-5)
+    return top.indices
+
+
 def test_maps_equal_the_in_process_call(client: TestClient, demo: LoadedModel) -> None:
     data = sample_png(client)
     r = post(client, data, methods="gradcam,scorecam,guided-backprop", target="top-2")
     assert r.status_code == 200, r.text
     answer = r.json()
-    view = demo.preprocess.view(Image.open(io.BytesIO(data)))
-    x = demo.preprocess.normalize(view[None])
-    logits = demo.model(x).detach()
-    probs = logits.softmax(1)[0]
-    top = probs.topk(5)
-    assert [p["index"] for p in answer["predictions"]] == top.indices.tolist()
-    np.testing.assert_allclose([p["score"] for p in answer["predictions"]], top.values, rtol=1e-5)
+    top = assert_answer_is_the_in_process_call(answer, demo, Image.open(io.BytesIO(data)))
     assert [(m["method"], m["target"]) for m in answer["maps"]] == [
-        (m, int(c)) for m in ("gradcam", "scorecam", "guided-backprop") for c in top.indices[:2]
+        (m, int(c)) for m in ("gradcam", "scorecam", "guided-backprop") for c in top[:2]
     ]
     for m in answer["maps"]:
-        ref = camlens.get_method(m["method"])(demo.model)(x, target=m["target"])
-        np.testing.assert_allclose(np.array(m["raw"]), ref.raw[0].numpy(), rtol=1e-5, atol=1e-6)
-        assert m["shape"] == list(ref.raw.shape[1:]) and m["layer"] == ref.layer
-        assert m["score"] == pytest.approx(float(ref.scores[0]), rel=1e-5)
         assert m["class"] == demo.classes[m["target"]]
         png = Image.open(io.BytesIO(__import__("base64").b64decode(m["overlay"].split(",")[1])))
         assert png.size[0] == 240 and png.size[1] > 96  # the 96 px image on a legend's width
+
+
+def test_a_16_bit_image_has_the_tones_the_library_reads(
+    client: TestClient, demo: LoadedModel
+) -> None:
+    # mid-grey 16-bit tones; Pillow's own convert("RGB") clips them all to white
+    grad = np.linspace(16384, 49151, 96 * 96).reshape(96, 96).astype(np.uint16)
+    data = png_bytes(grad)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "I;16" and (np.asarray(im.convert("RGB")) == 255).all()
+    image = camlens.load_image(data)
+    np.testing.assert_array_equal(np.asarray(image)[..., 1], np.rint(grad / 257).astype(np.uint8))
+    r = post(client, data, methods="gradcam,scorecam", target="top-2")
+    assert r.status_code == 200, r.text
+    assert_answer_is_the_in_process_call(r.json(), demo, image)
+    # the answer differs from the one for the white image the tones would be clipped to
+    white = post(client, png_bytes(np.full((96, 96), 255, np.uint8)), methods="gradcam").json()
+    assert white["predictions"][0]["score"] != pytest.approx(
+        r.json()["predictions"][0]["score"], rel=1e-3
+    )
 
 
 def test_a_cropping_model_maps_onto_the_original_photo(

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         # the audit's model, if served too, shows the examples as the model saw them
         spec = AuditBrowser.model_spec(args.audit)
         audit = AuditBrowser(args.audit, models[spec].preprocess if spec in models else None)
-    # Pillow's own bomb limit must not refuse what --max-pixels allows (the server checks first)
+    # Pillow's own bomb limit must neither refuse nor warn about what --max-pixels allows (the
+    # server checks first; warnings cannot be silenced safely in its worker threads)
     if Image.MAX_IMAGE_PIXELS is not None and args.max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = args.max_pixels
     app = create_app(
