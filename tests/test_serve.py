@@ -414,17 +414,36 @@ def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["serve", *argv])
 
 
+PROBE_MODEL = """
+from torch import nn
+
+
+def build():  # a head sized for 8x8 inputs: the model fails on any other size
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 2))
+"""
+
+
 def test_the_command_checks_its_arguments_and_warns_off_loopback(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.7")
+    (tmp_path / "probe_model.py").write_text(PROBE_MODEL)
+    eight = f"{tmp_path / 'probe_model.py'}:build"
     for argv, text in [
         (["--workers", "0"], "--workers"),
         (["--port", "70000"], "--port"),
         (["--model", "demo", "--model", "demo"], "given twice"),
         (["--model", "demo", "--model", "x:y", "--weights", "w.pt"], "one --model"),
+        (["--model", "demo", "--model", "x:y", "--size", "8"], "one --model"),
         (["--model", "nosuch:thing"], "nosuch"),
+        (["--model", "demo", "--size", "0x8"], "size"),
+        # the model does not run on its probe input (224x224): one line, saying to pass --size
+        (
+            ["--model", eight, "--device", "cpu"],
+            "the model failed on a zero input of shape (1, 3, 224, 224) (RuntimeError: mat1 and "
+            "mat2 shapes cannot be multiplied (1x200704 and 256x2)); pass its input size with --size",
+        ),
     ]:
         assert main(["serve", *argv]) == 2
         err = capsys.readouterr().err.strip()
@@ -438,6 +457,22 @@ def test_the_command_checks_its_arguments_and_warns_off_loopback(
     assert "not on loopback only" in capsys.readouterr().err
     with TestClient(started["app"]) as c:
         assert c.get("/api/models").json()["models"][0]["name"] == "demo"
+    # --size, --mean and --std reach the served model: at 8x8 it runs
+    assert (
+        run_command(parse("--model", eight, "--size", "8", "--mean", "0.5", "--std", "0.25")) == 0
+    )
+    with TestClient(started["app"]) as c:
+        (info,) = c.get("/api/models").json()["models"]
+        assert info["name"] == eight and info["input_size"] == [8, 8] and info["classes"] is None
+        assert c.get("/api/layers").json()["default"] == "1"
+        data = png_bytes(np.full((8, 8, 3), 191, np.uint8))
+        answer = post(c, data).json()
+    lm = started["app"].state.engine.entries[eight].lm
+    assert lm.preprocess.mean == (0.5, 0.5, 0.5) and lm.preprocess.std == (0.25, 0.25, 0.25)
+    x = torch.full((1, 3, 8, 8), (191 / 255 - 0.5) / 0.25)
+    top = lm.model(x).detach().softmax(1)[0].topk(2)
+    assert [p["index"] for p in answer["predictions"]] == top.indices.tolist()
+    np.testing.assert_allclose([p["score"] for p in answer["predictions"]], top.values, rtol=1e-5)
 
 
 # ---- the page in a real browser --------------------------------------------------------------------
