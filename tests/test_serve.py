@@ -196,6 +196,37 @@ def test_a_cropping_model_maps_onto_the_original_photo(
     assert np.abs(inside - rgb[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]).mean() > 10
 
 
+def test_the_maps_of_a_large_photo_share_one_shrunk_copy(
+    cropper: LoadedModel, photo: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from camlens import viz
+
+    engine = Engine({"cropper": cropper}, max_overlay_side=300)
+    image = camlens.load_image(photo)
+    choices = engine.choose({"methods": "gradcam,layercam", "target": "top-2"})
+    shrinks: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def counted(self: Image.Image, size: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        if tuple(size) == (300, 200):  # 451x300 scaled to a longest side of 300
+            shrinks.append(self.size)
+        return resize(self, size, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Image.Image, "resize", counted)
+        answer = engine.explain(image, choices)
+    assert len(answer["maps"]) == 4 and shrinks == [(451, 300)]  # once, not once per map
+    done = engine.run(image, choices)
+    assert done.geometry is not None
+    for m, (_, res) in zip(answer["maps"], done.results, strict=True):
+        png = __import__("base64").b64decode(m["overlay"].split(",")[1])
+        got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[:200].astype(int)
+        # what drawing each map on the full-resolution photo gives, pixel for pixel
+        full = viz.overlay_on_original(image, res.maps[0], done.geometry, size=(200, 300))
+        assert got.shape == (200, 300, 3)
+        assert np.abs(got - np.asarray(full).astype(int)).max() == 0
+
+
 def test_npz_answer_holds_the_maps_and_geometry(client: TestClient, demo: LoadedModel) -> None:
     data = sample_png(client)
     r = client.post(
@@ -419,7 +450,7 @@ from torch import nn
 
 
 def build():  # a head sized for 8x8 inputs: the model fails on any other size
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 2))
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 2)).eval()
 """
 
 

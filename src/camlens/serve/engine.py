@@ -262,6 +262,7 @@ class Engine:
 
         done = self.run(image, choices)
         lm = done.lm
+        shrunk = imaging.shrink(image, done.geometry, self.max_overlay_side)  # once for all maps
         maps: list[dict[str, Any]] = []
         for method, res in done.results:
             cls = int(res.targets[0]) if res.targets is not None else None
@@ -274,12 +275,7 @@ class Engine:
                 score=f"score {float(res.scores[0]):.4g}",
             )
             png = imaging.overlay_png(
-                image,
-                res.maps[0].detach().float().cpu(),
-                done.view,
-                done.geometry,
-                legend,
-                self.max_overlay_side,
+                shrunk, res.maps[0].detach().float().cpu(), done.view, done.geometry, legend
             )
             maps.append(
                 {
