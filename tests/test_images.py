@@ -15,12 +15,15 @@ from pngfile import write_png
 
 from camlens.images import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_FORMATS,
+    IMAGE_SUFFIXES,
     Geometry,
     ImageTooLargeError,
     find_images,
     load_image,
     load_images,
     probe_image,
+    read_image,
 )
 from camlens.models import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from camlens.models.preprocess import as_preprocess
@@ -43,6 +46,29 @@ def test_16_bit_grey_is_scaled_not_saturated(tmp_path: Path) -> None:
     for c in range(3):
         np.testing.assert_array_equal(got[..., c], expected)
     assert (got == 255).mean() < 0.01
+
+
+def test_read_image_is_load_image_without_the_warnings_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grad = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(grad).save(tmp_path / "g16.png")
+    expected = np.asarray(load_image(tmp_path / "g16.png"))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("catch_warnings is not thread-safe")
+
+    data = (tmp_path / "g16.png").read_bytes()
+    with monkeypatch.context() as patched:  # undone before pytest's own use of catch_warnings
+        patched.setattr(warnings, "catch_warnings", refuse)
+        got = [read_image(source) for source in (tmp_path / "g16.png", data)]
+        with pytest.raises(ValueError, match=r"^the upload is not an image file camlens reads"):
+            read_image(b"GIF89a not really", name="the upload")
+        with pytest.raises(ValueError, match=r"^the upload could not be decoded: it is truncated"):
+            read_image(data[: len(data) // 2], name="the upload")
+    for im in got:
+        assert im.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(im), expected)
 
 
 def test_16_bit_rgb_png_keeps_its_range(tmp_path: Path) -> None:
@@ -141,6 +167,35 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_image(tmp_path / "missing.png")
     with pytest.raises(TypeError, match="cannot load an image from a dict"):
         load_image({})  # type: ignore[arg-type]
+
+
+def test_only_the_allowed_formats_are_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import EpsImagePlugin
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    (tmp_path / "doc.eps").write_bytes(eps)
+    (tmp_path / "doc.png").write_bytes(eps)  # the name does not matter, the format does
+    with Image.open(tmp_path / "doc.eps") as im:
+        assert im.format == "EPS"  # Pillow alone would open it (and run Ghostscript to load it)
+    opened: list[bytes] = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(b"x"))
+    for path in (tmp_path / "doc.eps", tmp_path / "doc.png"):
+        for call in (load_image, probe_image):
+            with pytest.raises(ValueError) as info:
+                call(path)
+            assert str(info.value) == (
+                f"{str(path)!r} is not an image file camlens reads; "
+                "pass PNG, JPEG, WebP, BMP, TIFF or GIF images"
+            )
+    with pytest.raises(ValueError, match="not an image file camlens reads"):
+        load_image(eps)
+    assert opened == []  # the EPS plugin never saw the data
+    assert IMAGE_FORMATS == ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+    # every suffix a folder listing takes is one of the allowed formats
+    known = Image.registered_extensions()
+    assert {known[s] for s in IMAGE_SUFFIXES} == set(IMAGE_FORMATS)
 
 
 def test_find_images(tmp_path: Path) -> None:

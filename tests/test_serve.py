@@ -29,6 +29,7 @@ import camlens
 from camlens.cli import build_parser, main
 from camlens.cli.commands.serve import is_loopback
 from camlens.cli.commands.serve import run as run_command
+from camlens.images import IMAGE_FORMATS_TEXT
 from camlens.models import LoadedModel, Preprocess, load_model
 from camlens.serve import Engine, create_app
 
@@ -107,29 +108,56 @@ def test_choices_come_from_fixed_lists(client: TestClient, demo: LoadedModel) ->
 # ---- answers equal in-process calls -------------------------------------------------------------
 
 
+def assert_answer_is_the_in_process_call(
+    answer: dict[str, Any], lm: LoadedModel, image: Any
+) -> torch.Tensor:
+    """The answer's predictions and maps equal the library's on ``image``; returns the top-5."""
+    x = lm.preprocess.normalize(lm.preprocess.view(image)[None])
+    top = lm.model(x).detach().softmax(1)[0].topk(5)
+    assert [p["index"] for p in answer["predictions"]] == top.indices.tolist()
+    np.testing.assert_allclose([p["score"] for p in answer["predictions"]], top.values, rtol=1e-5)
+    assert answer["maps"]
+    for m in answer["maps"]:
+        ref = camlens.get_method(m["method"])(lm.model)(x, target=m["target"])
+        np.testing.assert_allclose(np.array(m["raw"]), ref.raw[0].numpy(), rtol=1e-5, atol=1e-6)
+        assert m["shape"] == list(ref.raw.shape[1:]) and m["layer"] == ref.layer
+        assert m["score"] == pytest.approx(float(ref.scores[0]), rel=1e-5)
+    return top.indices
+
+
 def test_maps_equal_the_in_process_call(client: TestClient, demo: LoadedModel) -> None:
     data = sample_png(client)
     r = post(client, data, methods="gradcam,scorecam,guided-backprop", target="top-2")
     assert r.status_code == 200, r.text
     answer = r.json()
-    view = demo.preprocess.view(Image.open(io.BytesIO(data)))
-    x = demo.preprocess.normalize(view[None])
-    logits = demo.model(x).detach()
-    probs = logits.softmax(1)[0]
-    top = probs.topk(5)
-    assert [p["index"] for p in answer["predictions"]] == top.indices.tolist()
-    np.testing.assert_allclose([p["score"] for p in answer["predictions"]], top.values, rtol=1e-5)
+    top = assert_answer_is_the_in_process_call(answer, demo, Image.open(io.BytesIO(data)))
     assert [(m["method"], m["target"]) for m in answer["maps"]] == [
-        (m, int(c)) for m in ("gradcam", "scorecam", "guided-backprop") for c in top.indices[:2]
+        (m, int(c)) for m in ("gradcam", "scorecam", "guided-backprop") for c in top[:2]
     ]
     for m in answer["maps"]:
-        ref = camlens.get_method(m["method"])(demo.model)(x, target=m["target"])
-        np.testing.assert_allclose(np.array(m["raw"]), ref.raw[0].numpy(), rtol=1e-5, atol=1e-6)
-        assert m["shape"] == list(ref.raw.shape[1:]) and m["layer"] == ref.layer
-        assert m["score"] == pytest.approx(float(ref.scores[0]), rel=1e-5)
         assert m["class"] == demo.classes[m["target"]]
         png = Image.open(io.BytesIO(__import__("base64").b64decode(m["overlay"].split(",")[1])))
         assert png.size[0] == 240 and png.size[1] > 96  # the 96 px image on a legend's width
+
+
+def test_a_16_bit_image_has_the_tones_the_library_reads(
+    client: TestClient, demo: LoadedModel
+) -> None:
+    # mid-grey 16-bit tones; Pillow's own convert("RGB") clips them all to white
+    grad = np.linspace(16384, 49151, 96 * 96).reshape(96, 96).astype(np.uint16)
+    data = png_bytes(grad)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "I;16" and (np.asarray(im.convert("RGB")) == 255).all()
+    image = camlens.load_image(data)
+    np.testing.assert_array_equal(np.asarray(image)[..., 1], np.rint(grad / 257).astype(np.uint8))
+    r = post(client, data, methods="gradcam,scorecam", target="top-2")
+    assert r.status_code == 200, r.text
+    assert_answer_is_the_in_process_call(r.json(), demo, image)
+    # the answer differs from the one for the white image the tones would be clipped to
+    white = post(client, png_bytes(np.full((96, 96), 255, np.uint8)), methods="gradcam").json()
+    assert white["predictions"][0]["score"] != pytest.approx(
+        r.json()["predictions"][0]["score"], rel=1e-3
+    )
 
 
 def test_a_cropping_model_maps_onto_the_original_photo(
@@ -166,6 +194,37 @@ def test_a_cropping_model_maps_onto_the_original_photo(
     assert np.abs(overlay[:300, :5].std(axis=2)).max() < 2  # grey: no colour left
     inside = overlay[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2].astype(float)
     assert np.abs(inside - rgb[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]).mean() > 10
+
+
+def test_the_maps_of_a_large_photo_share_one_shrunk_copy(
+    cropper: LoadedModel, photo: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from camlens import viz
+
+    engine = Engine({"cropper": cropper}, max_overlay_side=300)
+    image = camlens.load_image(photo)
+    choices = engine.choose({"methods": "gradcam,layercam", "target": "top-2"})
+    shrinks: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def counted(self: Image.Image, size: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        if tuple(size) == (300, 200):  # 451x300 scaled to a longest side of 300
+            shrinks.append(self.size)
+        return resize(self, size, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Image.Image, "resize", counted)
+        answer = engine.explain(image, choices)
+    assert len(answer["maps"]) == 4 and shrinks == [(451, 300)]  # once, not once per map
+    done = engine.run(image, choices)
+    assert done.geometry is not None
+    for m, (_, res) in zip(answer["maps"], done.results, strict=True):
+        png = __import__("base64").b64decode(m["overlay"].split(",")[1])
+        got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[:200].astype(int)
+        # what drawing each map on the full-resolution photo gives, pixel for pixel
+        full = viz.overlay_on_original(image, res.maps[0], done.geometry, size=(200, 300))
+        assert got.shape == (200, 300, 3)
+        assert np.abs(got - np.asarray(full).astype(int)).max() == 0
 
 
 def test_npz_answer_holds_the_maps_and_geometry(client: TestClient, demo: LoadedModel) -> None:
@@ -208,8 +267,35 @@ def private_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return d
 
 
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+
+
+@pytest.fixture
+def eps_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Pillow's EPS plugin (which runs Ghostscript on the data), recording every call it gets."""
+    from PIL import EpsImagePlugin
+
+    assert EpsImagePlugin.EpsImageFile.format == "EPS"
+    factory, accept = Image.OPEN["EPS"]
+    calls: list[str] = []
+
+    def spy_accept(prefix: bytes) -> Any:
+        calls.append("accept")
+        return accept(prefix) if accept else True
+
+    def spy_factory(*args: Any) -> Any:
+        calls.append("open")
+        return factory(*args)
+
+    monkeypatch.setitem(Image.OPEN, "EPS", (spy_factory, spy_accept))
+    with Image.open(io.BytesIO(EPS)) as im:  # the spy sees what Pillow's default open does
+        assert im.format == "EPS" and calls == ["accept", "open"]
+    calls.clear()
+    return calls
+
+
 def test_each_bad_input_gets_its_status_and_the_server_stays_healthy(
-    demo: LoadedModel, private_tmp: Path
+    demo: LoadedModel, private_tmp: Path, eps_spy: list[str]
 ) -> None:
     app = create_app(Engine({"demo": demo}), max_upload_mb=1, max_pixels=1_000_000)
     good = png_bytes((np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8))
@@ -220,6 +306,7 @@ def test_each_bad_input_gets_its_status_and_the_server_stays_healthy(
     with TestClient(app) as c:
         cases = [
             (post(c, b"GIF89a not really"), 400, "not an image"),
+            (post(c, EPS), 400, f"{IMAGE_FORMATS_TEXT} image"),
             (post(c, good[: len(good) // 2]), 400, "truncated"),
             (post(c, noisy), 413, "limit of 1 MB"),
             (post(c, huge.getvalue()), 413, "1,200,000 pixels"),
@@ -237,6 +324,8 @@ def test_each_bad_input_gets_its_status_and_the_server_stays_healthy(
         for r, status, text in cases:
             assert r.status_code == status, (status, r.text)
             assert text in r.json()["detail"], r.json()
+        assert "not an image" in cases[1][0].json()["detail"]
+        assert eps_spy == []  # the EPS upload never reached Pillow's EPS plugin
         assert c.post("/api/explain", files={"file": ("x.png", good)}).status_code == 200
         assert c.get("/healthz").json() == {
             "status": "ok",
@@ -356,17 +445,36 @@ def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["serve", *argv])
 
 
+PROBE_MODEL = """
+from torch import nn
+
+
+def build():  # a head sized for 8x8 inputs: the model fails on any other size
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 2)).eval()
+"""
+
+
 def test_the_command_checks_its_arguments_and_warns_off_loopback(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.7")
+    (tmp_path / "probe_model.py").write_text(PROBE_MODEL)
+    eight = f"{tmp_path / 'probe_model.py'}:build"
     for argv, text in [
         (["--workers", "0"], "--workers"),
         (["--port", "70000"], "--port"),
         (["--model", "demo", "--model", "demo"], "given twice"),
         (["--model", "demo", "--model", "x:y", "--weights", "w.pt"], "one --model"),
+        (["--model", "demo", "--model", "x:y", "--size", "8"], "one --model"),
         (["--model", "nosuch:thing"], "nosuch"),
+        (["--model", "demo", "--size", "0x8"], "size"),
+        # the model does not run on its probe input (224x224): one line, saying to pass --size
+        (
+            ["--model", eight, "--device", "cpu"],
+            "the model failed on an input of shape (1, 3, 224, 224) (RuntimeError: mat1 and "
+            "mat2 shapes cannot be multiplied (1x200704 and 256x2)); pass its input size with --size",
+        ),
     ]:
         assert main(["serve", *argv]) == 2
         err = capsys.readouterr().err.strip()
@@ -380,6 +488,22 @@ def test_the_command_checks_its_arguments_and_warns_off_loopback(
     assert "not on loopback only" in capsys.readouterr().err
     with TestClient(started["app"]) as c:
         assert c.get("/api/models").json()["models"][0]["name"] == "demo"
+    # --size, --mean and --std reach the served model: at 8x8 it runs
+    assert (
+        run_command(parse("--model", eight, "--size", "8", "--mean", "0.5", "--std", "0.25")) == 0
+    )
+    with TestClient(started["app"]) as c:
+        (info,) = c.get("/api/models").json()["models"]
+        assert info["name"] == eight and info["input_size"] == [8, 8] and info["classes"] is None
+        assert c.get("/api/layers").json()["default"] == "1"
+        data = png_bytes(np.full((8, 8, 3), 191, np.uint8))
+        answer = post(c, data).json()
+    lm = started["app"].state.engine.entries[eight].lm
+    assert lm.preprocess.mean == (0.5, 0.5, 0.5) and lm.preprocess.std == (0.25, 0.25, 0.25)
+    x = torch.full((1, 3, 8, 8), (191 / 255 - 0.5) / 0.25)
+    top = lm.model(x).detach().softmax(1)[0].topk(2)
+    assert [p["index"] for p in answer["predictions"]] == top.indices.tolist()
+    np.testing.assert_allclose([p["score"] for p in answer["predictions"]], top.values, rtol=1e-5)
 
 
 # ---- the page in a real browser --------------------------------------------------------------------

@@ -6,12 +6,15 @@ resolution. This module holds that path; the command line, notebooks and other f
 
 * :func:`load_image` opens one image (a path, bytes, a file object, a PIL image or an array) as an
   upright 8-bit RGB PIL image: EXIF orientation applied, 16-bit and float images scaled (not
-  saturated), palette transparency resolved, and a size limit against decompression bombs.
+  saturated), palette transparency resolved, a size limit against decompression bombs, and only the
+  formats of :data:`IMAGE_FORMATS` (PNG, JPEG, WebP, BMP, TIFF, GIF) opened.
 * :class:`Geometry` records which rectangle of the original the model's input shows;
   :meth:`Geometry.place` puts an input-resolution map back onto the original's pixel grid.
 * :func:`load_images` turns sources into an :class:`ImageBatch`: the normalised batch for the
   model, the views (what the model saw, in ``[0, 1]``), the full-resolution originals and one
   :class:`Geometry` per image.
+* :func:`read_image` is the decoding core of :func:`load_image` for files and bytes, safe to call
+  from several threads at once (the web server decodes uploads with it).
 * :func:`find_images` and :func:`probe_image` list folders and check files cheaply, before any work.
 
 Only the standard library is imported with this module; Pillow, numpy and torch are imported by the
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_FORMATS",
+    "IMAGE_FORMATS_TEXT",
     "IMAGE_SUFFIXES",
     "Geometry",
     "ImageBatch",
@@ -56,11 +61,23 @@ __all__ = [
     "load_image",
     "load_images",
     "probe_image",
+    "read_image",
 ]
 
-#: File name endings treated as images when a folder is listed (files named explicitly may have any).
+#: The only image formats camlens opens (Pillow's format names), for files, bytes and uploads alike.
+#: Pillow knows many more; some hand the data to other programs (EPS runs Ghostscript), so every other
+#: format is refused before any of its code sees the data.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+#: :data:`IMAGE_FORMATS` as messages name them: ``"PNG, JPEG, WebP, BMP, TIFF or GIF"``.
+IMAGE_FORMATS_TEXT: str = (
+    ", ".join("WebP" if f == "WEBP" else f for f in IMAGE_FORMATS[:-1]) + " or " + IMAGE_FORMATS[-1]
+)
+
+#: File name endings treated as images when a folder is listed (files named explicitly may have any);
+#: each is a format of :data:`IMAGE_FORMATS`.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
 
 #: Largest image (width x height) opened by default: Pillow's own decompression-bomb threshold.
@@ -72,9 +89,7 @@ ImageSource: TypeAlias = (
 """What :func:`load_image` accepts: a path, encoded bytes, a binary file object, a PIL image, an
 ``(H, W[, C])`` array or a ``(C, H, W)`` tensor."""
 
-_NOT_AN_IMAGE = (
-    "is not an image file Pillow can read; pass PNG, JPEG, BMP, GIF, TIFF or WebP images"
-)
+_NOT_AN_IMAGE = f"is not an image file camlens reads; pass {IMAGE_FORMATS_TEXT} images"
 _PIL_LOCK = threading.Lock()
 
 
@@ -322,13 +337,25 @@ def _source_name(source: Any) -> str:
     return f"the {type(source).__name__} image"
 
 
+def _broken(name: str, exc: BaseException) -> ValueError:
+    """The one error for an image whose format is allowed but whose data cannot be decoded."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return ValueError(
+        f"{name} could not be decoded: it is truncated or corrupt ({detail}); check that the file "
+        "is complete"
+    )
+
+
 @contextlib.contextmanager
-def _opened(source: Any, max_pixels: int | None) -> Iterator[Image.Image]:
-    """Open a path, bytes or file object with Pillow, checking the size limit on the header."""
+def _opened(source: Any, max_pixels: int | None, name: str) -> Iterator[Image.Image]:
+    """Open a path, bytes or file object with Pillow, checking the size limit on the header.
+
+    Only the formats of :data:`IMAGE_FORMATS` are tried; any other is "not an image file". The
+    warnings module is not touched (see :func:`read_image`).
+    """
     Image = _pil()
     from PIL import UnidentifiedImageError
 
-    name = _source_name(source)
     if isinstance(source, str | os.PathLike):
         p = Path(source)
         if not p.is_file():
@@ -339,26 +366,26 @@ def _opened(source: Any, max_pixels: int | None) -> Iterator[Image.Image]:
     else:
         fp = source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            try:
-                im = Image.open(fp)
-            except Image.DecompressionBombError:
-                # Pillow refused on the header alone; read the header without its guard, so that
-                # the message can give the size and our own limit (which the caller may raise) applies
-                if hasattr(fp, "seek"):
-                    fp.seek(0)
-                with _PIL_LOCK:
-                    saved = Image.MAX_IMAGE_PIXELS
-                    Image.MAX_IMAGE_PIXELS = None
-                    try:
-                        im = Image.open(fp)
-                    finally:
-                        Image.MAX_IMAGE_PIXELS = saved
+        try:
+            im = Image.open(fp, formats=IMAGE_FORMATS)
+        except Image.DecompressionBombError:
+            # Pillow refused on the header alone; read the header without its guard, so that
+            # the message can give the size and our own limit (which the caller may raise) applies
+            if hasattr(fp, "seek"):
+                fp.seek(0)
+            with _PIL_LOCK:
+                saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None
+                try:
+                    im = Image.open(fp, formats=IMAGE_FORMATS)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError:
         raise ValueError(f"{name} {_NOT_AN_IMAGE}") from None
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {name} ({exc}); is the file complete?") from exc
+    except PermissionError:
+        raise
+    except Exception as exc:  # a header so broken that Pillow fails in its own way
+        raise _broken(name, exc) from exc
     try:
         w, h = im.size
         if max_pixels is not None and w * h > max_pixels:
@@ -369,17 +396,56 @@ def _opened(source: Any, max_pixels: int | None) -> Iterator[Image.Image]:
 
 
 def _load_pixels(im: Image.Image, name: str, max_pixels: int | None) -> None:
-    """Decode an opened image, lifting Pillow's guard when the caller allowed a larger size."""
+    """Decode an opened image whole, so that a truncated file fails here, not in a later step."""
     Image = _pil()
     w, h = im.size
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im.load()
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {name} ({exc}); is the file complete?") from exc
+        im.load()
     except Image.DecompressionBombError:  # pragma: no cover - checked on the header already
         raise ImageTooLargeError(name, (w, h), w * h, max_pixels or 0) from None
+    except Exception as exc:
+        raise _broken(name, exc) from exc
+
+
+def read_image(
+    source: str | os.PathLike[str] | bytes | Any,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode a file, encoded bytes or a binary file object into an upright 8-bit RGB PIL image.
+
+    The one decoding path of :func:`load_image` and of the web server's uploads: open (only the
+    formats of :data:`IMAGE_FORMATS`), check the pixel count on the header before decoding anything,
+    decode the whole image, apply its EXIF orientation, and scale 16-bit and float images to 8 bits
+    (see :func:`_to_rgb8`).
+
+    It does not touch the ``warnings`` module (``warnings.catch_warnings`` is not thread-safe), so
+    threads may call it at once; Pillow's ``DecompressionBombWarning`` for an image over
+    ``PIL.Image.MAX_IMAGE_PIXELS`` but within ``max_pixels`` is left to the caller
+    (:func:`load_image` silences it).
+
+    Args:
+        source: a path, encoded image bytes or a binary file object.
+        max_pixels: refuse images whose header declares more than this many pixels (``None``: no
+            limit).
+        name: how messages name the image (default: the path, or "the bytes image").
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ImageTooLargeError: more pixels than ``max_pixels`` (a ``ValueError``).
+        ValueError: not an image of :data:`IMAGE_FORMATS`, or a truncated or corrupt file.
+    """
+    from PIL import ImageOps
+
+    name = name or _source_name(source)
+    with _opened(source, max_pixels, name) as im:
+        _load_pixels(im, name, max_pixels)
+        try:
+            upright = ImageOps.exif_transpose(im)
+        except Exception as exc:  # EXIF data too broken to read
+            raise _broken(name, exc) from exc
+        return _to_rgb8(upright if upright is not None else im)
 
 
 def _to_rgb8(im: Image.Image) -> Image.Image:
@@ -451,7 +517,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     Raises:
         FileNotFoundError: a path that does not exist.
         ImageTooLargeError: more pixels than ``max_pixels`` (a ``ValueError``).
-        ValueError: not an image Pillow can read, or a truncated file.
+        ValueError: not an image of :data:`IMAGE_FORMATS`, or a truncated or corrupt file.
         TypeError: a source of another type.
     """
     Image = _pil()
@@ -466,13 +532,9 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview) or hasattr(
         source, "read"
     ):
-        from PIL import ImageOps
-
-        name = _source_name(source)
-        with _opened(source, max_pixels) as im:
-            _load_pixels(im, name, max_pixels)
-            upright = ImageOps.exif_transpose(im)
-            return _to_rgb8(upright if upright is not None else im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            return read_image(source, max_pixels=max_pixels)
     if hasattr(source, "shape"):
         return _from_array(source)
     raise TypeError(
@@ -484,7 +546,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
 def probe_image(
     path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> tuple[int, int]:
-    """Check cheaply (the header only) that a file is an image Pillow can open, within the size limit.
+    """Check cheaply (the header only) that a file is an image camlens opens, within the size limit.
 
     Returns:
         ``(width, height)`` as stored (before any EXIF rotation).
@@ -492,11 +554,14 @@ def probe_image(
     Raises:
         FileNotFoundError: the file does not exist.
         ImageTooLargeError: more pixels than ``max_pixels``.
-        ValueError: the file is not an image Pillow can read.
+        ValueError: the file is not an image of :data:`IMAGE_FORMATS`.
     """
-    with _opened(path, max_pixels) as im:
-        w, h = im.size
-        return int(w), int(h)
+    Image = _pil()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+        with _opened(path, max_pixels, _source_name(path)) as im:
+            w, h = im.size
+            return int(w), int(h)
 
 
 def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:

@@ -15,11 +15,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-__all__ = ["LayerInfo", "describe_layers"]
+__all__ = ["LayerInfo", "describe_layers", "probing"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,33 @@ class LayerInfo:
     automatic: bool
 
 
+@contextlib.contextmanager
+def probing(x: Tensor) -> Iterator[None]:
+    """Run probe forwards on ``x``: a model that fails on it raises one clear ``ModelError``.
+
+    For front ends that look at a model before any image (its layers, its classes): an error raised
+    by the model on the probe (a head sized for another input, say) becomes a
+    :class:`~camlens.methods.ModelError` saying to pass the input size. camlens's own
+    ``ValueError`` (no layer to explain, say) and a ``ModelError`` pass unchanged.
+
+    Example:
+        >>> import torch
+        >>> with probing(torch.zeros(1, 3, 8, 8)):
+        ...     torch.nn.Linear(5, 2)(torch.zeros(1, 3, 8, 8))
+        Traceback (most recent call last):
+        ...
+        camlens.methods.base.ModelError: the model failed on an input of shape (1, 3, 8, 8) ...
+    """
+    from camlens.methods.base import ModelError, model_error
+
+    try:
+        yield
+    except (ValueError, ModelError):
+        raise
+    except Exception as exc:
+        raise model_error(x, exc, hint="pass its input size with --size") from exc
+
+
 def describe_layers(model: nn.Module, x: Tensor) -> list[LayerInfo]:
     """Every module that ran on ``x``, in module order (see the module docstring).
 
@@ -56,14 +85,9 @@ def describe_layers(model: nn.Module, x: Tensor) -> list[LayerInfo]:
         ModelError: the model fails on ``x`` (pass its input size).
     """
     from camlens.capture import layer_table
-    from camlens.methods.base import model_error
 
-    try:
+    with probing(x):
         rows, auto = layer_table(model, x)
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise model_error(x, exc, hint="pass its input size with --size") from exc
     by_name = {name: (shape, layout) for name, shape, layout in rows}
     out = []
     for name, module in model.named_modules():

@@ -52,6 +52,7 @@ __all__ = [
     "overlay_1d",
     "overlay_3d",
     "overlay_on_original",
+    "shrink_original",
     "thumbnail",
     "to_data_uri",
     "to_image_uri",
@@ -779,7 +780,8 @@ def overlay_on_original(
     0.114 B``, and a white line (``max(1, min(H, W) // 400)`` px) marks the edge of the crop.
 
     Args:
-        original: the original image (anything :func:`to_pil` accepts) of ``geometry.original_size``.
+        original: the original image (anything :func:`to_pil` accepts) of ``geometry.original_size``,
+            or already at ``size`` (from :func:`shrink_original`, to resize once for several maps).
         cam_map: ``(H, W)`` map in ``[0, 1]`` at ``geometry.input_size`` (a row of ``CAMResult.maps``).
         geometry: where the model's input lies in the original.
         colormap: a matplotlib colour map name.
@@ -799,15 +801,14 @@ def overlay_on_original(
     Image = _pil_image()
     img = to_pil(original)
     h0, w0 = geometry.original_size
-    if img.size != (w0, h0):
+    ho, wo = size or (h0, w0)
+    if img.size not in ((w0, h0), (wo, ho)):
         raise ValueError(
             f"the original is {img.width}x{img.height} but the geometry is for {w0}x{h0}; pass the "
             "image the batch was loaded from (ImageBatch.originals)"
         )
     m = _map_to_numpy(cam_map, 2, "(H, W)")
-    ho, wo = size or (h0, w0)
-    if (wo, ho) != img.size:
-        img = img.resize((wo, ho), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    img = _resized(img, (ho, wo))
     values, inside = geometry.place(m, (ho, wo))
     lut = _lut(colormap) * 255.0
     base = np.asarray(img)
@@ -825,6 +826,21 @@ def overlay_on_original(
     if outline and not geometry.covers_whole_image:
         _draw_box(result, geometry.scaled_to((ho, wo)).box)
     return result
+
+
+def shrink_original(original: ImageLike, size: tuple[int, int]) -> Image.Image:
+    """The original as :func:`overlay_on_original` draws on it at ``size`` ``(H, W)``: RGB, resized
+    (antialiased) unless it is that size already. Pass it to several :func:`overlay_on_original`
+    calls with the same ``size`` to resize a large photo once instead of once per map."""
+    return _resized(to_pil(original), size)
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    Image = _pil_image()
+    ho, wo = size
+    if (wo, ho) != img.size:
+        img = img.resize((wo, ho), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return img
 
 
 def _draw_box(image: Image.Image, box: tuple[float, float, float, float]) -> None:

@@ -93,28 +93,48 @@ def _spec_help() -> str:
 
 
 def add_model_args(
-    p: argparse.ArgumentParser, preprocessing: bool = True, weights_default: str = ""
+    p: argparse.ArgumentParser,
+    preprocessing: bool = True,
+    weights_default: str = "",
+    several: bool = False,
 ) -> None:
-    """``--model``, ``--weights``, ``--device`` and (with ``preprocessing``) ``--size/--mean/--std``."""
-    g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default="demo", metavar="SPEC", help=_spec_help())
+    """``--model``, ``--weights``, ``--device`` and (with ``preprocessing``) ``--size/--mean/--std``.
+
+    With ``several``, ``--model`` may be repeated (a list, ``None`` when not given; the first is the
+    default) and ``--weights``, ``--size``, ``--mean`` and ``--std`` apply to one model only.
+    """
+    g = p.add_argument_group("model" + (" (fixed at start)" if several else ""))
+    if several:
+        g.add_argument(
+            "--model",
+            "-m",
+            action="append",
+            metavar="SPEC",
+            help=_spec_help() + " (repeat for several; the first is the default)",
+        )
+    else:
+        g.add_argument("--model", "-m", default="demo", metavar="SPEC", help=_spec_help())
+    one = "; one --model only" if several else ""
     g.add_argument(
         "--weights",
         "-w",
         metavar="FILE|none",
         help="a local state dict to load, or 'none' for random weights (nothing is downloaded)"
-        + (f"; default: {weights_default}" if weights_default else ""),
+        + (f"; default: {weights_default}" if weights_default else "")
+        + one,
     )
     g.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)"
     )
     if preprocessing:
-        g.add_argument("--size", metavar="N|HxW", help="input size (default: the model's own)")
         g.add_argument(
-            "--mean", metavar="M|R,G,B", help="normalisation mean (default: the model's own)"
+            "--size", metavar="N|HxW", help="input size (default: the model's own)" + one
         )
         g.add_argument(
-            "--std", metavar="S|R,G,B", help="normalisation std (default: the model's own)"
+            "--mean", metavar="M|R,G,B", help="normalisation mean (default: the model's own)" + one
+        )
+        g.add_argument(
+            "--std", metavar="S|R,G,B", help="normalisation std (default: the model's own)" + one
         )
 
 
@@ -247,16 +267,25 @@ def preprocess_overrides(
     )
 
 
-def load_model(args: argparse.Namespace, weights: str | None = None) -> LoadedModel:
-    """The model of ``--model``/``--weights``/``--device`` and the ``--size/--mean/--std`` overrides."""
+def load_model(
+    args: argparse.Namespace, weights: str | None = None, spec: str | None = None
+) -> LoadedModel:
+    """The model of ``--model``/``--weights``/``--device`` and the ``--size/--mean/--std`` overrides.
+
+    Args:
+        args: the parsed arguments.
+        weights: the weights when ``--weights`` is not given.
+        spec: the model spec (default: ``--model``; one of them when ``--model`` is repeated).
+    """
     from camlens.models import load_model as load
     from camlens.models import parse_spec
 
-    parse_spec(args.model)  # an unknown spec fails before torch is imported (for --device)
+    spec = spec if spec is not None else args.model
+    parse_spec(spec)  # an unknown spec fails before torch is imported (for --device)
     chosen = args.weights if args.weights is not None else weights
-    dev = device(args.device)  # checked before the overrides, as before
+    dev = device(args.device)  # checked before the overrides
     size, mean, std = preprocess_overrides(args)
-    return load(args.model, chosen, device=dev, size=size, mean=mean, std=std)
+    return load(spec, chosen, device=dev, size=size, mean=mean, std=std)
 
 
 def warn_random_weights(lm: LoadedModel) -> None:

@@ -137,9 +137,9 @@ class AuditBrowser:
             try:
                 import torch
 
-                from camlens.images import load_image
+                from camlens.images import read_image
 
-                image = load_image(path)
+                image = read_image(path)  # no warnings module: this runs in worker threads
                 view, geometry = self.preprocess.prepare(image)
                 h, w = view.shape[1:]
                 peak = float(m.max())

@@ -24,6 +24,7 @@ import torch
 
 from camlens.capture import LayerInfo, candidate_layers, default_layer
 from camlens.images import Geometry
+from camlens.layers import probing
 from camlens.methods import METHODS, BaseCAM, get_method
 from camlens.models import LoadedModel
 from camlens.pipeline import parse_target
@@ -84,10 +85,11 @@ class _Entry:
         self.name = name
         self.lm = lm
         probe = lm.dummy_input()
-        self.layers: list[LayerInfo] = candidate_layers(lm.model, probe)
-        self.default_layer = default_layer(lm.model, probe)
-        with torch.no_grad():
-            out = select_output(lm.model(probe), passthrough=True)
+        with probing(probe):  # a model that does not run on its input size: one ModelError
+            self.layers: list[LayerInfo] = candidate_layers(lm.model, probe)
+            self.default_layer = default_layer(lm.model, probe)
+            with torch.no_grad():
+                out = select_output(lm.model(probe), passthrough=True)
         self.num_classes = (
             int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
         )
@@ -260,6 +262,7 @@ class Engine:
 
         done = self.run(image, choices)
         lm = done.lm
+        shrunk = imaging.shrink(image, done.geometry, self.max_overlay_side)  # once for all maps
         maps: list[dict[str, Any]] = []
         for method, res in done.results:
             cls = int(res.targets[0]) if res.targets is not None else None
@@ -272,12 +275,7 @@ class Engine:
                 score=f"score {float(res.scores[0]):.4g}",
             )
             png = imaging.overlay_png(
-                image,
-                res.maps[0].detach().float().cpu(),
-                done.view,
-                done.geometry,
-                legend,
-                self.max_overlay_side,
+                shrunk, res.maps[0].detach().float().cpu(), done.view, done.geometry, legend
             )
             maps.append(
                 {

@@ -6,15 +6,14 @@
 * :func:`read_form` parses ``multipart/form-data`` in memory only. Starlette's own parser spools files
   over 1 MB to the system's temporary folder; this one keeps every part in memory (the body is already
   bounded), so a request never leaves a file behind, even when the client disconnects.
-* :func:`decode_image` opens an upload with Pillow, checks its pixel count against the limit from the
-  header, before decoding anything, then decodes it whole, so a truncated file fails here with 400,
-  not later with a half-drawn map. Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)
-  still applies; ``camlens serve`` raises it to ``--max-pixels`` when that is larger.
+* :func:`decode_image` decodes an upload through the library's one image path
+  (:func:`camlens.images.read_image`): allowed formats only, the pixel count checked against the limit
+  from the header before decoding anything, then decoded whole (so a truncated file fails here with
+  400, not later with a half-drawn map) and made 8-bit RGB as ``camlens explain`` makes it.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -151,38 +150,24 @@ async def read_upload(form: FormData, field: str = "file") -> bytes:
 
 
 def decode_image(data: bytes, max_pixels: int) -> Any:
-    """An uploaded image as a fully decoded PIL image, EXIF orientation applied.
+    """An uploaded image as a fully decoded, upright 8-bit RGB PIL image.
+
+    The library's own decoding (:func:`camlens.images.read_image`, as ``camlens explain`` reads
+    files): only PNG, JPEG, WebP, BMP, TIFF and GIF, 16-bit and float images scaled to 8 bits, EXIF
+    orientation applied. It does not touch the warnings module, so worker threads may call it at once.
 
     Raises:
         TooLarge: the header declares more than ``max_pixels`` pixels (checked before decoding).
-        BadUpload: not an image Pillow can read, or truncated or corrupt.
+        BadUpload: not an image of an allowed format, or truncated or corrupt.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from camlens.images import ImageTooLargeError, read_image
 
-    # no warnings.catch_warnings here: it is not thread-safe, and this runs in worker threads
     try:
-        image: Any = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise TooLarge(_pixels_text(None, max_pixels)) from e
-    except UnidentifiedImageError as e:
-        raise BadUpload(
-            "the upload is not an image that can be read (PNG, JPEG, WebP, BMP, TIFF or GIF)"
-        ) from e
-    except Exception as e:  # a header so broken that Pillow fails differently
-        raise BadUpload(f"the upload is not a readable image ({type(e).__name__})") from e
-    w, h = image.size
-    if w * h > max_pixels:
-        raise TooLarge(_pixels_text((w, h), max_pixels))
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError as e:
-        raise TooLarge(_pixels_text((w, h), max_pixels)) from e
-    except Exception as e:
-        raise BadUpload(
-            f"the image could not be decoded: it is truncated or corrupt ({' '.join(str(e).split())})"
-        ) from e
-    return image
+        return read_image(data, max_pixels=max_pixels, name="the upload")
+    except ImageTooLargeError as e:
+        raise TooLarge(_pixels_text(e.size, max_pixels)) from e
+    except ValueError as e:
+        raise BadUpload(str(e)) from e
 
 
 def _pixels_text(size: tuple[int, int] | None, max_pixels: int) -> str:

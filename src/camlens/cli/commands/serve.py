@@ -12,29 +12,13 @@ import ipaddress
 import sys
 
 from camlens.cli.commands import Command
+from camlens.cli.common import add_model_args
 from camlens.cli.errors import CLIError
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """The arguments of ``camlens serve``."""
-    g = p.add_argument_group("models (fixed at start)")
-    g.add_argument(
-        "--model",
-        "-m",
-        action="append",
-        metavar="SPEC",
-        help="a model to serve (repeat for several; the first is the default): demo, "
-        "torchvision:NAME, timm:NAME, hf:NAME, torchscript:FILE or module:callable (default: demo)",
-    )
-    g.add_argument(
-        "--weights",
-        "-w",
-        metavar="FILE|none",
-        help="a local state dict, or 'none' for random weights (one --model only)",
-    )
-    g.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)"
-    )
+    add_model_args(p, several=True)
     g = p.add_argument_group("network")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     g.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -70,6 +54,10 @@ def _check(args: argparse.Namespace) -> None:
     specs = args.model or ["demo"]
     if args.weights and len(specs) > 1:
         raise CLIError("--weights loads into one model; serve one --model with it")
+    if len(specs) > 1 and (args.size or args.mean or args.std):
+        raise CLIError(
+            "--size, --mean and --std set one model's input; serve one --model with them"
+        )
     if len(set(specs)) != len(specs):
         raise CLIError("a --model is given twice")
 
@@ -99,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
         ) from e
     from PIL import Image
 
-    from camlens.cli.common import device as resolve_device
-    from camlens.models import load_model
+    from camlens.cli.common import load_model
     from camlens.serve import Engine, create_app
 
     if not is_loopback(args.host):
@@ -109,9 +96,8 @@ def run(args: argparse.Namespace) -> int:
             "reach this machine can use the server (there is no authentication)",
             file=sys.stderr,
         )
-    device = resolve_device(args.device)
     specs = args.model or ["demo"]
-    models = {spec: load_model(spec, args.weights, device=device) for spec in specs}
+    models = {spec: load_model(args, spec=spec) for spec in specs}
     audit = None
     if args.audit:
         from camlens.serve.audit import AuditBrowser
@@ -119,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         # the audit's model, if served too, shows the examples as the model saw them
         spec = AuditBrowser.model_spec(args.audit)
         audit = AuditBrowser(args.audit, models[spec].preprocess if spec in models else None)
-    # Pillow's own bomb limit must not refuse what --max-pixels allows (the server checks first)
+    # Pillow's own bomb limit must neither refuse nor warn about what --max-pixels allows (the
+    # server checks first; warnings cannot be silenced safely in its worker threads)
     if Image.MAX_IMAGE_PIXELS is not None and args.max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = args.max_pixels
     app = create_app(
