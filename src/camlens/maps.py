@@ -349,6 +349,20 @@ def fem_terms(acts: Tensor, k: float = 2.0) -> Tensor:
 KPCA_KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
 
 
+def _positions_by_channels(acts: Tensor) -> Tensor:
+    """``(B, K, *spatial)`` activations as ``(B, Z, K)`` float64 rows, one per position."""
+    b, k = acts.shape[:2]
+    return acts.reshape(b, k, -1).transpose(1, 2).double()
+
+
+def _oriented(proj: Tensor, mat: Tensor) -> Tensor:
+    """A principal component's ``(B, Z)`` projection with its arbitrary sign chosen so that it
+    correlates positively with the activations' total energy per position (``mat``: ``(B, Z, K)``)."""
+    energy = mat.sum(dim=2)
+    energy = energy - energy.mean(dim=1, keepdim=True)
+    return proj * torch.where((proj * energy).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj)
+
+
 def kpca_map(
     acts: Tensor,
     kernel: str = "sigmoid",
@@ -393,7 +407,7 @@ def kpca_map(
         raise ValueError(f"kernel must be one of {', '.join(KPCA_KERNELS)}, not {kernel!r}")
     b, k = acts.shape[:2]
     spatial = acts.shape[2:]
-    mat = acts.reshape(b, k, -1).transpose(1, 2).double()  # (B, Z, K)
+    mat = _positions_by_channels(acts)
     x = mat - mat.mean(dim=1, keepdim=True)
     g = 1.0 / k if gamma is None else float(gamma)
     if kernel == "rbf":
@@ -418,10 +432,7 @@ def kpca_map(
     )
     evals, evecs = torch.linalg.eigh(centred)  # ascending
     proj = evecs[:, :, -1] * evals[:, -1:].clamp(min=0).sqrt()  # (B, Z)
-    energy = mat.sum(dim=2)
-    energy = energy - energy.mean(dim=1, keepdim=True)
-    sign = torch.where((proj * energy).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj)
-    return (proj * sign).to(acts.dtype).reshape(b, *spatial)
+    return _oriented(proj, mat).to(acts.dtype).reshape(b, *spatial)
 
 
 def fullgrad_bias_terms(grads: Tensor, bias: Tensor, channel_dim: int = 1) -> Tensor:
@@ -565,17 +576,14 @@ def eigencam_map(acts: Tensor) -> Tensor:
     """
     if acts.ndim < 3:
         raise ValueError(f"expected (B, K, *spatial) activations, got {tuple(acts.shape)}")
-    b, k = acts.shape[:2]
+    b = acts.shape[0]
     spatial = acts.shape[2:]
-    mat = acts.reshape(b, k, -1).transpose(1, 2).double()  # (B, Z, K)
+    mat = _positions_by_channels(acts)
     centred = mat - mat.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     proj = centred @ vh[:, 0, :].unsqueeze(-1)  # (B, Z, 1)
     proj = proj.squeeze(-1)
-    energy = mat.sum(dim=2)
-    energy = energy - energy.mean(dim=1, keepdim=True)
-    sign = torch.where((proj * energy).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj)
-    return (proj * sign).to(acts.dtype).reshape(b, *spatial)
+    return _oriented(proj, mat).to(acts.dtype).reshape(b, *spatial)
 
 
 def scorecam_masks(acts: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:
