@@ -167,3 +167,9 @@ def test_factorize_refuses_what_it_cannot_do() -> None:
     none = factorize(model, x, layer="features", n=2, classifier=None)
     assert none.logits is None and none.labels() == ["concept 0", "concept 1"]
     assert all(p.grad is None for p in model.parameters()) and hook_count(model) == 0
+    # a model that fails on the input: one ModelError, with the automatic layer as with a given one
+    wrong = torch.rand(1, 3, 4, 4)  # KnownConcepts takes 4 channels
+    for layer in (None, "features"):
+        with pytest.raises(camlens.ModelError, match=r"shape \(1, 3, 4, 4\)"):
+            factorize(model, wrong, layer=layer, n=2)
+    assert hook_count(model) == 0

@@ -217,7 +217,12 @@ def factorize(
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x has NaN or infinite values; a factorisation of them means nothing")
     if layer is None:
-        name = default_layer(model, x)
+        try:
+            name = default_layer(model, x)
+        except ValueError:
+            raise
+        except Exception as e:  # the model fails on x: one ModelError, as for the methods
+            raise model_error(x, e) from e
         module = model.get_submodule(name)
     else:
         name, module = resolve_layers(model, layer)[0]
